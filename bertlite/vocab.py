@@ -1,0 +1,84 @@
+"""A word-level vocabulary: tokens <-> integer ids, as in the book."""
+from __future__ import annotations
+
+import collections
+from itertools import chain, repeat
+from pathlib import Path
+
+import numpy as np
+
+# The order fixes the ids: <pad> is 0, so zero-filled tensors read as padding.
+SPECIAL_TOKENS = ("<pad>", "<mask>", "<cls>", "<sep>", "<unk>")
+
+
+class Vocab:
+    """Map tokens to ids and back.
+
+    Special tokens come first (`<pad>`=0, `<mask>`=1, `<cls>`=2, `<sep>`=3, `<unk>`=4), then every
+    token seen at least `min_freq` times, most frequent first (ties in alphabetical order, so the
+    ids do not depend on the order of the corpus). Unknown tokens map to `<unk>`.
+
+    Explained in notebooks/01_wikitext_and_vocab.ipynb.
+    """
+
+    def __init__(self, tokens=(), min_freq: int = 1, specials=SPECIAL_TOKENS, counts=None):
+        if min_freq < 1:
+            raise ValueError(f"min_freq must be at least 1, got {min_freq}")
+        if counts is None:  # `counts` ({token: count}) lets a fast caller skip the counting
+            tokens = list(tokens)
+            if tokens and isinstance(tokens[0], (list, tuple)):
+                tokens = list(chain.from_iterable(tokens))  # a list of sentences is fine too
+            counts = collections.Counter(tokens)
+        counts = dict(counts)
+        for s in specials:
+            counts.pop(s, None)
+        kept = sorted(t for t, c in counts.items() if c >= min_freq)  # ties stay alphabetical:
+        kept.sort(key=counts.__getitem__, reverse=True)              # the sort is stable
+        self.idx_to_token = list(specials) + kept
+        self.token_to_idx = {t: i for i, t in enumerate(self.idx_to_token)}
+        self.token_freqs = [(t, counts[t]) for t in kept]  # for the frequency plot
+        self.unk = self.token_to_idx.get("<unk>", 0)
+
+    def __len__(self):
+        return len(self.idx_to_token)
+
+    def __getitem__(self, tokens):
+        """One token -> its id; a list of tokens -> a list of ids."""
+        if isinstance(tokens, str):
+            return self.token_to_idx.get(tokens, self.unk)
+        return [self.token_to_idx.get(t, self.unk) for t in tokens]
+
+    def to_tokens(self, ids):
+        """One id -> its token; a list (or array) of ids -> a list of tokens."""
+        if isinstance(ids, (int, np.integer)):
+            return self.idx_to_token[ids]
+        return [self.idx_to_token[int(i)] for i in ids]
+
+    def encode(self, tokens) -> np.ndarray:
+        """Ids of many tokens as an int64 array (the fast path for whole corpora)."""
+        tokens = list(tokens)
+        ids = map(self.token_to_idx.get, tokens, repeat(self.unk))  # dict.get(token, unk), in C
+        return np.fromiter(ids, dtype=np.int64, count=len(tokens))
+
+    @property
+    def specials(self) -> list[int]:
+        """Ids of the special tokens (never masked, never drawn as random replacements)."""
+        return [i for i, t in enumerate(self.idx_to_token) if t in SPECIAL_TOKENS]
+
+    def save(self, path) -> None:
+        """One token per line, in id order (the layout of BERT's vocab.txt)."""
+        Path(path).write_text("\n".join(self.idx_to_token) + "\n", encoding="utf-8")
+
+    @classmethod
+    def load(cls, path) -> "Vocab":
+        tokens = Path(path).read_text(encoding="utf-8").split("\n")[:-1]
+        vocab = cls(specials=())
+        vocab.idx_to_token = tokens
+        vocab.token_to_idx = {t: i for i, t in enumerate(tokens)}
+        if len(vocab.token_to_idx) != len(tokens):
+            raise ValueError(f"{path} lists a token twice: not a vocabulary file")
+        vocab.unk = vocab.token_to_idx.get("<unk>", 0)
+        return vocab
+
+    def __repr__(self):
+        return f"Vocab(size={len(self)}, first={self.idx_to_token[:8]})"

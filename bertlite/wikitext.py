@@ -1,0 +1,191 @@
+"""Reading WikiText files, and getting the real WikiText-2 when asked to.
+
+A WikiText file has one paragraph per line, ` = Title = ` headings, blank lines, and tokens that
+are already split by single spaces. We turn it into paragraphs of sentences of tokens.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+import urllib.request
+import zipfile
+from pathlib import Path
+
+SPLITS = ("train", "valid", "test")
+SHIPPED = "tinywiki"  # the small corpus written for this project, in data/tinywiki/
+
+# The dataset author's mirror first; the original S3 address has answered 403 since 2024
+# (the book's downloader does not check the status and later fails with "not a zip file").
+WIKITEXT2_MIRRORS = (
+    "https://wikitext.smerity.com/wikitext-2-v1.zip",
+    "https://s3.amazonaws.com/research.metamind.io/wikitext/wikitext-2-v1.zip",
+)
+WIKITEXT2_ZIP_SHA1 = "3c914d17d80b1459be871a5039ac23e752a53cbe"
+# sha256 of each extracted file: a check that does not depend on which archive they came from.
+WIKITEXT2_SHA256 = {
+    "train": "9e9fa1ad55b1c2c95b08e37dd8e653f638fac2c6de904b79e813611eefbc985f",
+    "valid": "f0737ed31fc1329026e95cb8b98e19c2a182c39c240ab909dc31abf2f8af58e8",
+    "test": "d790b833ef8cf03a90db7bf1271b7520b83c45ce07ba3c1a9699df81e239eca0",
+}
+
+
+def default_data_dir() -> Path:
+    """`$BERTLITE_DATA`, else the checkout's `data/` folder, else `./data`."""
+    if "BERTLITE_DATA" in os.environ:
+        return Path(os.environ["BERTLITE_DATA"])
+    checkout = Path(__file__).resolve().parent.parent / "data"
+    return checkout if checkout.is_dir() else Path("data")
+
+
+def parse_wikitext(text: str, min_sentences: int = 2) -> list[list[list[str]]]:
+    """Split WikiText into paragraphs of sentences of lowercased tokens.
+
+    Each line that is not blank and not a ` = heading = ` is a paragraph; a sentence ends at each
+    `.` token and keeps it, so every sentence reads as one. Paragraphs with fewer than
+    `min_sentences` sentences are dropped: one sentence gives no sentence pair. (The book splits on
+    ' . ' instead, which leaves the full stop on a paragraph's last sentence only, and it counts
+    sentences before stripping the line's end, so 1,072 one-sentence paragraphs of WikiText-2 slip
+    through.) `bertlite.data.Corpus.from_text` is the fast path of this function, tested equal.
+
+    Explained in notebooks/01_wikitext_and_vocab.ipynb.
+    """
+    paragraphs = []
+    for line in text.lower().split("\n"):
+        tokens = line.split()
+        if not tokens or (tokens[0] == "=" and tokens[-1] == "="):
+            continue  # blank line or heading
+        sentences, start = [], 0
+        while start < len(tokens):
+            end = tokens.index(".", start) + 1 if "." in tokens[start:] else len(tokens)
+            sentences.append(tokens[start:end])
+            start = end
+        if len(sentences) >= min_sentences:
+            paragraphs.append(sentences)
+    return paragraphs
+
+
+def wikitext_path(name: str = SHIPPED, split: str = "train", data_dir=None) -> Path:
+    """Where `wiki.{split}.tokens` of dataset `name` lives: `data_dir/name/wiki.split.tokens`.
+
+    Explained in notebooks/01_wikitext_and_vocab.ipynb.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; choose one of {SPLITS}")
+    return Path(data_dir or default_data_dir()) / name / f"wiki.{split}.tokens"
+
+
+def read_text(name: str = SHIPPED, split: str = "train", data_dir=None, download=False) -> str:
+    """The text of one split of a WikiText dataset, with a clear error if it is missing.
+
+    `name` is "tinywiki" (shipped with bertlite) or "wikitext-2" (fetched with `download=True`,
+    or put in place by hand). Explained in notebooks/01_wikitext_and_vocab.ipynb.
+    """
+    path = wikitext_path(name, split, data_dir)
+    if not path.exists() and name == "wikitext-2" and download:
+        download_wikitext2(path.parent.parent)
+    if not path.exists():
+        hint = (f"run `python -m bertlite download` or unzip wikitext-2-v1.zip from "
+                f"{WIKITEXT2_MIRRORS[0]} so that {path} exists" if name == "wikitext-2"
+                else "check the data directory (argument data_dir or $BERTLITE_DATA)")
+        raise FileNotFoundError(f"{path} not found: {hint}")
+    text = path.read_text(encoding="utf-8")
+    if not text.strip():
+        raise ValueError(f"{path} is empty: restore it (or download it again)")
+    return text
+
+
+def read_wikitext(name: str = SHIPPED, split: str = "train", data_dir=None, download=False,
+                  min_sentences: int = 2) -> list[list[list[str]]]:
+    """Read one split of a WikiText dataset into paragraphs (see `parse_wikitext`).
+
+    Explained in notebooks/01_wikitext_and_vocab.ipynb.
+    """
+    paragraphs = parse_wikitext(read_text(name, split, data_dir, download), min_sentences)
+    if not paragraphs:
+        raise ValueError(f"{name}/{split} has no paragraph of {min_sentences}+ sentences: is it "
+                         "a WikiText file (one paragraph per line, tokens split by spaces)?")
+    return paragraphs
+
+
+def _digest(path: Path, algorithm: str) -> str:
+    h = hashlib.new(algorithm)
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _fetch(url: str, dest: Path, sha1: str, timeout: float) -> None:
+    """Download `url` to `dest` through a temporary file; rename only if the sha1 matches."""
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".download-")
+    try:
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as r:
+            status = getattr(r, "status", None)
+            if status not in (None, 200):  # file:// answers have no status
+                raise OSError(f"HTTP {status}")
+            shutil.copyfileobj(r, out)
+        got = _digest(Path(tmp), "sha1")
+        if got != sha1:
+            raise OSError(f"sha1 mismatch: expected {sha1}, got {got}")
+        os.replace(tmp, dest)  # atomic: the archive exists whole or not at all
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _extract(archive: Path, target: Path, expected: dict[str, str]) -> None:
+    """Extract wikitext-2/wiki.*.tokens safely, verify each file, then move the folder in place."""
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".extract-"))
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            for split, sha256 in expected.items():
+                member = f"wikitext-2/wiki.{split}.tokens"
+                out = tmp / f"wiki.{split}.tokens"  # a name we choose: no path from the archive
+                try:
+                    with zf.open(member) as src, open(out, "wb") as dst:
+                        shutil.copyfileobj(src, dst)
+                except KeyError:
+                    raise OSError(f"{archive} has no member {member}") from None
+                if _digest(out, "sha256") != sha256:
+                    raise OSError(f"{member} in {archive} fails its sha256 check")
+        os.replace(tmp, target)  # the folder appears whole or not at all
+    except zipfile.BadZipFile as e:
+        raise OSError(f"{archive} is not a valid zip archive ({e}): delete it and retry") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def download_wikitext2(data_dir=None, mirrors=WIKITEXT2_MIRRORS, sha1=WIKITEXT2_ZIP_SHA1,
+                       file_sha256=None, timeout: float = 60.0) -> Path:
+    """Download and verify WikiText-2 into `data_dir/wikitext-2/`; return that folder.
+
+    Tries each mirror in turn; the archive is checked against its sha1 and every extracted file
+    against its sha256. Nothing half-written is left behind on failure.
+    Explained in notebooks/01_wikitext_and_vocab.ipynb.
+    """
+    data_dir = Path(data_dir or default_data_dir())
+    target = data_dir / "wikitext-2"
+    if all((target / f"wiki.{s}.tokens").exists() for s in SPLITS):
+        return target
+    data_dir.mkdir(parents=True, exist_ok=True)
+    archive = data_dir / "wikitext-2-v1.zip"
+    errors = []
+    if archive.exists() and _digest(archive, "sha1") != sha1:
+        raise RuntimeError(f"{archive} exists but its sha1 is not {sha1}: delete it and retry")
+    if not archive.exists():
+        for url in mirrors:
+            try:
+                _fetch(url, archive, sha1, timeout)
+                break
+            except OSError as e:  # URLError and HTTPError are OSErrors too
+                errors.append(f"  {url}: {e}")
+        else:
+            raise RuntimeError("could not download WikiText-2:\n" + "\n".join(errors) +
+                               f"\nDownload wikitext-2-v1.zip by hand (sha1 {sha1}) and put it "
+                               f"at {archive}, or unzip it so that {target}/wiki.train.tokens exists.")
+    if target.exists():
+        shutil.rmtree(target)  # a partial folder from someone's manual attempt
+    _extract(archive, target, file_sha256 or WIKITEXT2_SHA256)
+    return target
