@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from .vocab import Vocab
-from .wikitext import SHIPPED, read_wikitext
+from .wikitext import SHIPPED, read_text
 
 BATCH_KEYS = ("tokens", "segments", "valid_lens", "pred_positions", "mlm_weights", "mlm_labels",
               "nsp_labels")
@@ -205,31 +205,36 @@ def mask_tokens(tokens, valid_lens, vocab: Vocab, rng: np.random.Generator, mask
 
 
 class PretrainDataset(torch.utils.data.Dataset):
-    """BERT pre-training examples (masked LM + next sentence) from paragraphs of sentences.
+    """BERT pre-training examples (masked LM + next sentence) from an encoded `Corpus`.
 
     Pairs are drawn once. Masks are drawn once (`dynamic_masking=False`, the book's static
-    masking) or afresh for every epoch (`dynamic_masking=True`, RoBERTa's; call `set_epoch`).
-    Each item is a dict with the seven tensors named in `BATCH_KEYS`.
+    masking) or afresh for every epoch (`dynamic_masking=True`, as in RoBERTa; the trainer calls
+    `set_epoch`). Each item is a dict of the seven tensors named in `BATCH_KEYS`.
     Explained in notebooks/03_masking.ipynb.
     """
 
-    def __init__(self, paragraphs, max_len: int = 64, vocab: Vocab | None = None, min_freq: int = 5,
-                 seed: int = 0, dynamic_masking: bool = False, **mask_options):
+    def __init__(self, corpus: Corpus, vocab: Vocab, max_len: int = 64, seed: int = 0,
+                 dynamic_masking: bool = False, **mask_options):
         if max_len < 5:
             raise ValueError(f"max_len={max_len} is too small: a pair needs <cls> a <sep> b <sep>")
-        self.vocab = vocab or Vocab(chain.from_iterable(paragraphs), min_freq=min_freq)
-        self.max_len, self.seed, self.dynamic = max_len, seed, dynamic_masking
+        self.vocab, self.max_len, self.seed, self.dynamic = vocab, max_len, seed, dynamic_masking
         self.mask_options = mask_options
-        corpus = Corpus.encode(paragraphs, self.vocab)
         pairs = next_sentence_pairs(corpus, max_len, np.random.default_rng([seed, 0]))
         if len(pairs.a) == 0:
-            longest = int(corpus.lengths.max(initial=0))
-            raise ValueError(f"max_len={max_len} leaves no sentence pair: raise it (the shortest "
-                             f"pair needs {int(np.sort(corpus.lengths)[:2].sum()) + 3}; "
-                             f"the longest sentence has {longest} tokens)")
-        self.tokens, self.segments, self.valid_lens = build_inputs(corpus, pairs, max_len, self.vocab)
+            shortest = int(np.sort(corpus.lengths)[:2].sum()) + 3
+            raise ValueError(f"max_len={max_len} leaves no sentence pair; raise it (the two "
+                             f"shortest sentences need {shortest}, a typical pair about "
+                             f"{int(2 * np.median(corpus.lengths)) + 3})")
+        self.tokens, self.segments, self.valid_lens = build_inputs(corpus, pairs, max_len, vocab)
         self.nsp_labels = pairs.is_next
         self.set_epoch(0)
+
+    @classmethod
+    def from_paragraphs(cls, paragraphs, max_len: int = 64, vocab: Vocab | None = None,
+                        min_freq: int = 5, **options) -> "PretrainDataset":
+        """From paragraphs of sentences of tokens, building the vocabulary unless one is given."""
+        vocab = vocab or Vocab(chain.from_iterable(paragraphs), min_freq=min_freq)
+        return cls(Corpus.encode(paragraphs, vocab), vocab, max_len, **options)
 
     def set_epoch(self, epoch: int) -> None:
         """Draw the masks of this epoch (always epoch 0's with static masking)."""
@@ -246,19 +251,37 @@ class PretrainDataset(torch.utils.data.Dataset):
         return {k: v[i] for k, v in self.arrays.items()}
 
 
-def load_data_wiki(batch_size: int, max_len: int = 64, name: str = SHIPPED, split: str = "train",
-                   data_dir=None, vocab: Vocab | None = None, min_freq: int = 5, seed: int = 0,
-                   dynamic_masking: bool = False, shuffle: bool = True, num_workers: int = 0,
-                   download: bool = False, **mask_options):
-    """A shuffled, seeded `DataLoader` of pre-training batches, and its vocabulary.
+def default_min_freq(name: str) -> int:
+    """The book's 5 for WikiText-2; 2 for the small shipped corpus (5 would leave 17% `<unk>`)."""
+    return 2 if name == SHIPPED else 5
+
+
+def load_pretrain_dataset(max_len: int = 64, name: str = SHIPPED, split: str = "train",
+                          data_dir=None, vocab: Vocab | None = None, min_freq: int | None = None,
+                          seed: int = 0, dynamic_masking: bool = False, download: bool = False,
+                          **mask_options) -> PretrainDataset:
+    """Read a WikiText split and build its pre-training examples (the fast path).
 
     Pass the training vocabulary as `vocab` when loading the validation split.
     Explained in notebooks/03_masking.ipynb.
     """
-    paragraphs = read_wikitext(name, split, data_dir, download=download)
-    dataset = PretrainDataset(paragraphs, max_len, vocab, min_freq, seed, dynamic_masking,
-                              **mask_options)
+    text = read_text(name, split, data_dir, download)
+    corpus, vocab = Corpus.from_text(text, vocab, min_freq or default_min_freq(name))
+    if len(corpus.lengths) == 0:
+        raise ValueError(f"{name}/{split} has no paragraph of two or more sentences: is it a "
+                         "WikiText file (one paragraph per line, sentences ending in ' . ')?")
+    return PretrainDataset(corpus, vocab, max_len, seed, dynamic_masking, **mask_options)
+
+
+def load_data_wiki(batch_size: int, max_len: int = 64, shuffle: bool = True, num_workers: int = 0,
+                   **options):
+    """A seeded `DataLoader` of pre-training batches and its vocabulary, as in the book.
+
+    `options` go to `load_pretrain_dataset` (name, split, data_dir, vocab, min_freq, seed, ...).
+    Explained in notebooks/03_masking.ipynb.
+    """
+    dataset = load_pretrain_dataset(max_len, **options)
     loader = torch.utils.data.DataLoader(
         dataset, batch_size, shuffle=shuffle, num_workers=num_workers,
-        generator=torch.Generator().manual_seed(seed))
+        generator=torch.Generator().manual_seed(options.get("seed", 0)))
     return loader, dataset.vocab

@@ -1,0 +1,263 @@
+"""The BERT model: embeddings, multi-head attention, encoder blocks, and the MLM and NSP heads.
+
+Read top to bottom: config -> embeddings -> attention -> encoder block -> heads -> BERTModel.
+Shapes use B = batch, T = sequence length, H = hidden size, nh = heads, hs = H / nh,
+P = predicted positions per sequence, V = vocabulary size.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, replace
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class BERTConfig:
+    """Sizes and architecture switches. `BERTConfig.preset(name, vocab_size)` gives known models.
+
+    Explained in notebooks/04_attention_encoder.ipynb.
+    """
+    vocab_size: int = 20256
+    hidden: int = 128
+    ffn_hidden: int = 256
+    heads: int = 2
+    layers: int = 2
+    dropout: float = 0.2
+    max_len: int = 1000           # rows of the position table (the book's 1,000; BERT's 512)
+    segments: int = 2             # sentence A and sentence B
+    activation: str = "relu"      # "relu" (the book) or "gelu" (BERT's exact erf GELU)
+    embedding_norm: bool = False  # BERT normalises (and drops out) the summed embeddings; the book does not
+    tie_decoder: bool = False     # BERT's MLM decoder reuses the token embedding matrix
+    norm_eps: float = 1e-5        # PyTorch's default; BERT checkpoints use 1e-12
+    init_std: float | None = None  # None: PyTorch's default init (the book); BERT: normal(0, 0.02)
+    fused_attention: bool = True  # F.scaled_dot_product_attention; False: the from-scratch path
+
+    @staticmethod
+    def preset(name: str, vocab_size: int, **overrides) -> "BERTConfig":
+        """"d2l" (the book's model) or "bert-tiny/mini/small/base" (the original architecture)."""
+        bert = dict(activation="gelu", embedding_norm=True, tie_decoder=True, norm_eps=1e-12,
+                    init_std=0.02, dropout=0.1, max_len=512)
+        sizes = {"bert-tiny": (128, 2, 2), "bert-mini": (256, 4, 4), "bert-small": (512, 4, 8),
+                 "bert-base": (768, 12, 12)}  # hidden, layers, heads (Turc et al. 2019 sizes)
+        if name == "d2l":
+            config = BERTConfig(vocab_size=vocab_size)
+        elif name in sizes:
+            h, layers, heads = sizes[name]
+            config = BERTConfig(vocab_size=vocab_size, hidden=h, ffn_hidden=4 * h, heads=heads,
+                                layers=layers, **bert)
+        else:
+            raise ValueError(f"unknown preset {name!r}; choose 'd2l' or one of {list(sizes)}")
+        return replace(config, **overrides)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class Embeddings(nn.Module):
+    """Token + segment + learned position embeddings (then LayerNorm and dropout for BERT)."""
+
+    def __init__(self, c: BERTConfig):
+        super().__init__()
+        self.token = nn.Embedding(c.vocab_size, c.hidden)
+        self.segment = nn.Embedding(c.segments, c.hidden)
+        self.position = nn.Embedding(c.max_len, c.hidden)
+        self.norm = nn.LayerNorm(c.hidden, eps=c.norm_eps) if c.embedding_norm else nn.Identity()
+        self.dropout = nn.Dropout(c.dropout if c.embedding_norm else 0.0)
+
+    def forward(self, tokens, segments):
+        positions = torch.arange(tokens.shape[1], device=tokens.device)  # (T,)
+        x = self.token(tokens) + self.segment(segments) + self.position(positions)  # (B, T, H)
+        return self.dropout(self.norm(x))
+
+
+def key_padding_mask(valid_lens, T: int):
+    """(B, 1, 1, T) booleans: True where a key position is real (< valid length), False on padding."""
+    return (torch.arange(T, device=valid_lens.device) < valid_lens[:, None])[:, None, None, :]
+
+
+class MultiHeadAttention(nn.Module):
+    """Self-attention with `heads` heads; keys at or past each sequence's valid length are masked.
+
+    Two paths that give the same numbers (tested to 1e-5): the scaled dot products written out
+    (which keeps `attention_weights` for plotting) and PyTorch's fused kernel (faster, the default).
+    Explained in notebooks/04_attention_encoder.ipynb.
+    """
+
+    def __init__(self, hidden: int, heads: int, dropout: float, fused: bool = True):
+        super().__init__()
+        if hidden % heads:
+            raise ValueError(f"hidden={hidden} is not divisible by heads={heads}")
+        self.heads, self.fused = heads, fused
+        self.W_q, self.W_k, self.W_v, self.W_o = (nn.Linear(hidden, hidden) for _ in range(4))
+        self.dropout = nn.Dropout(dropout)
+        self.attention_weights = None  # (B, nh, T, T), filled by the from-scratch path
+
+    def split_heads(self, x):
+        B, T, H = x.shape
+        return x.view(B, T, self.heads, H // self.heads).transpose(1, 2)  # (B, nh, T, hs)
+
+    def forward(self, x, valid_lens=None):
+        B, T, H = x.shape
+        q, k, v = self.split_heads(self.W_q(x)), self.split_heads(self.W_k(x)), self.split_heads(self.W_v(x))
+        mask = None if valid_lens is None else key_padding_mask(valid_lens, T)  # (B, 1, 1, T)
+        if self.fused:
+            p = self.dropout.p if self.training else 0.0
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
+        else:
+            scores = q @ k.transpose(-2, -1) / math.sqrt(H // self.heads)  # (B, nh, T, T)
+            if mask is not None:  # the smallest float, not -inf: a fully masked row stays finite
+                scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+            weights = scores.softmax(dim=-1)
+            self.attention_weights = weights.detach()
+            out = self.dropout(weights) @ v                                 # (B, nh, T, hs)
+        return self.W_o(out.transpose(1, 2).reshape(B, T, H))              # (B, T, H)
+
+
+class PositionWiseFFN(nn.Module):
+    """The same two-layer network applied at every position."""
+
+    def __init__(self, hidden: int, ffn_hidden: int, activation: str):
+        super().__init__()
+        self.dense1, self.dense2 = nn.Linear(hidden, ffn_hidden), nn.Linear(ffn_hidden, hidden)
+        self.activation = ACTIVATIONS[activation]
+
+    def forward(self, x):
+        return self.dense2(self.activation(self.dense1(x)))
+
+
+ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu}  # F.gelu is the exact (erf) GELU of BERT
+
+
+class EncoderBlock(nn.Module):
+    """Post-LayerNorm Transformer block: attention -> add & norm -> FFN -> add & norm.
+
+    Explained in notebooks/04_attention_encoder.ipynb.
+    """
+
+    def __init__(self, c: BERTConfig):
+        super().__init__()
+        self.attention = MultiHeadAttention(c.hidden, c.heads, c.dropout, c.fused_attention)
+        self.norm1 = nn.LayerNorm(c.hidden, eps=c.norm_eps)
+        self.ffn = PositionWiseFFN(c.hidden, c.ffn_hidden, c.activation)
+        self.norm2 = nn.LayerNorm(c.hidden, eps=c.norm_eps)
+        self.dropout = nn.Dropout(c.dropout)
+
+    def forward(self, x, valid_lens=None):
+        x = self.norm1(x + self.dropout(self.attention(x, valid_lens)))
+        return self.norm2(x + self.dropout(self.ffn(x)))
+
+
+class MaskLM(nn.Module):
+    """The MLM head: gather the hidden states at the predicted positions only, then
+    dense -> activation -> LayerNorm -> decoder to vocabulary logits.
+
+    Explained in notebooks/05_heads_and_loss.ipynb.
+    """
+
+    def __init__(self, c: BERTConfig):
+        super().__init__()
+        self.dense = nn.Linear(c.hidden, c.hidden)
+        self.activation = ACTIVATIONS[c.activation]
+        self.norm = nn.LayerNorm(c.hidden, eps=c.norm_eps)
+        self.decoder = nn.Linear(c.hidden, c.vocab_size)  # weight tied to the embeddings for BERT
+
+    def forward(self, x, pred_positions):
+        rows = torch.arange(x.shape[0], device=x.device)[:, None]  # (B, 1)
+        x = x[rows, pred_positions]                                # (B, P, H): predicted positions
+        return self.decoder(self.norm(self.activation(self.dense(x))))  # (B, P, V)
+
+
+class BERTOutput(NamedTuple):
+    encoded: torch.Tensor      # (B, T, H) contextual representation of every token
+    mlm_logits: torch.Tensor | None  # (B, P, V) at the predicted positions, or None
+    nsp_logits: torch.Tensor   # (B, 2): [not next, is next]
+    pooled: torch.Tensor       # (B, H) tanh(dense(<cls>)), the input of the NSP head
+
+
+class BERTModel(nn.Module):
+    """BERT: embeddings, `layers` encoder blocks, an MLM head and an NSP head.
+
+    `forward(tokens, segments, valid_lens, pred_positions)` returns a `BERTOutput`. NSP label 1
+    means "B follows A", as in the book.
+    Explained in notebooks/04_attention_encoder.ipynb and notebooks/05_heads_and_loss.ipynb.
+    """
+
+    def __init__(self, config: BERTConfig):
+        super().__init__()
+        self.config = config
+        self.embeddings = Embeddings(config)
+        self.blocks = nn.ModuleList(EncoderBlock(config) for _ in range(config.layers))
+        self.pooler = nn.Linear(config.hidden, config.hidden)  # followed by tanh
+        self.mlm = MaskLM(config)
+        self.nsp = nn.Linear(config.hidden, 2)
+        if config.init_std is not None:
+            self.apply(self._init_weights)
+        if config.tie_decoder:
+            self.mlm.decoder.weight = self.embeddings.token.weight
+
+    def _init_weights(self, m):
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, std=self.config.init_std)
+        if isinstance(m, nn.Linear):
+            nn.init.zeros_(m.bias)
+
+    def encode(self, tokens, segments=None, valid_lens=None):
+        """(B, T, H) hidden states of the last encoder block."""
+        B, T = self._check(tokens, segments, valid_lens)
+        x = self.embeddings(tokens, torch.zeros_like(tokens) if segments is None else segments)
+        for block in self.blocks:
+            x = block(x, valid_lens)
+        return x
+
+    def forward(self, tokens, segments=None, valid_lens=None, pred_positions=None) -> BERTOutput:
+        encoded = self.encode(tokens, segments, valid_lens)
+        mlm_logits = None
+        if pred_positions is not None:
+            if pred_positions.dim() != 2 or pred_positions.shape[0] != tokens.shape[0]:
+                raise ValueError(f"pred_positions must be (B, P) with B={tokens.shape[0]}, "
+                                 f"got {tuple(pred_positions.shape)}")
+            mlm_logits = self.mlm(encoded, pred_positions)
+        pooled = torch.tanh(self.pooler(encoded[:, 0]))  # the <cls> position
+        return BERTOutput(encoded, mlm_logits, self.nsp(pooled), pooled)
+
+    def _check(self, tokens, segments, valid_lens):
+        if tokens.dim() != 2 or tokens.dtype not in (torch.int64, torch.int32):
+            raise ValueError(f"tokens must be a (B, T) integer tensor, got {tuple(tokens.shape)} "
+                             f"{tokens.dtype}: add a batch dimension with tokens[None]")
+        B, T = tokens.shape
+        if T > self.config.max_len:
+            raise ValueError(f"sequences of {T} tokens exceed the position table "
+                             f"(config.max_len={self.config.max_len})")
+        if segments is not None and segments.shape != tokens.shape:
+            raise ValueError(f"segments {tuple(segments.shape)} must match tokens {(B, T)}")
+        if valid_lens is not None and valid_lens.shape != (B,):
+            raise ValueError(f"valid_lens must be ({B},), got {tuple(valid_lens.shape)}")
+        return B, T
+
+
+def get_bert_encoding(net: BERTModel, vocab, tokens_a, tokens_b=None):
+    """Contextual representations (T, H) of `<cls> a <sep> [b <sep>]`, in eval mode without
+    gradients (the book's demo forgets both, so dropout changes its numbers on every run).
+
+    Explained in notebooks/06_pretraining.ipynb.
+    """
+    from .data import tokens_and_segments
+    tokens, segments = tokens_and_segments(tokens_a, tokens_b)
+    device = next(net.parameters()).device
+    was_training = net.training
+    net.eval()
+    try:
+        with torch.no_grad():
+            ids = torch.tensor([vocab[tokens]], device=device)
+            return net.encode(ids, torch.tensor([segments], device=device))[0]
+    finally:
+        net.train(was_training)
+
+
+def count_parameters(net: nn.Module) -> int:
+    """Number of distinct trainable parameters (a tied matrix counts once)."""
+    return sum(p.numel() for p in net.parameters() if p.requires_grad)
