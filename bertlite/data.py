@@ -238,6 +238,8 @@ class PretrainDataset(torch.utils.data.Dataset):
 
     def set_epoch(self, epoch: int) -> None:
         """Draw the masks of this epoch (always epoch 0's with static masking)."""
+        if not self.dynamic and hasattr(self, "arrays"):
+            return  # static masks were drawn once, in __init__
         rng = np.random.default_rng([self.seed, 1, epoch if self.dynamic else 0])
         masked = mask_tokens(self.tokens, self.valid_lens, self.vocab, rng, **self.mask_options)
         arrays = {**masked, "segments": self.segments, "valid_lens": self.valid_lens,

@@ -28,6 +28,7 @@ def mlm_loss(mlm_logits, mlm_labels, mlm_weights, total_weight=None):
 
 class _LinearCrossEntropy(torch.autograd.Function):
     """sum(w * cross_entropy(h @ W.T + b, y)) / total, without ever holding all (N, V) logits.
+    Also returns sum(w * [argmax == y]) / total, the accuracy, which costs nothing extra here.
 
     Chunk by chunk of rows, the forward pass computes the logits, the loss, and right away the
     gradient of the logits (softmax - one-hot, scaled by w / total), then the gradients of h, W
@@ -42,7 +43,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         need_grad = any(ctx.needs_input_grad[:3])
         with torch.autocast(device, enabled=False):
             hc, wc, bc = h.to(dtype), weight.to(dtype), bias.to(dtype)
-            loss = torch.zeros((), device=h.device)
+            loss, correct = torch.zeros((), device=h.device), torch.zeros((), device=h.device)
             grads = [torch.zeros(t.shape, device=h.device) for t in (h, weight.t(), bias)]
             for s in range(0, h.shape[0], chunk):
                 e = min(s + chunk, h.shape[0])
@@ -50,6 +51,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 lse = logits.logsumexp(-1)                            # (c,)
                 y, ws = labels[s:e], w[s:e].float()
                 loss += ((lse - logits.gather(1, y[:, None])[:, 0]) * ws).sum()
+                correct += ((logits.argmax(-1) == y) * ws).sum()
                 if need_grad:
                     g = logits.sub_(lse[:, None]).exp_()              # softmax, in place
                     g[torch.arange(e - s, device=h.device), y] -= 1   # minus the one-hot label
@@ -60,19 +62,21 @@ class _LinearCrossEntropy(torch.autograd.Function):
                                                                       # (H, c) @ (c, V) needs no copy
                     grads[2] += g.sum(0)
         ctx.save_for_backward(grads[0], grads[1].t(), grads[2])
-        return loss / total
+        ctx.mark_non_differentiable(correct)
+        return loss / total, correct / total
 
     @staticmethod
-    def backward(ctx, grad_loss):
+    def backward(ctx, grad_loss, grad_correct):
         gh, gw, gb = ctx.saved_tensors
         return gh * grad_loss, gw * grad_loss, gb * grad_loss, None, None, None, None
 
 
 def fused_mlm_loss(mlm_hidden, decoder: torch.nn.Linear, mlm_labels, mlm_weights,
                    total_weight=None, chunk: int = 256):
-    """`mlm_loss(decoder(mlm_hidden), ...)` computed faster: only real (weight > 0) slots are
-    decoded, and the vocabulary-sized logits are never stored (see `_LinearCrossEntropy`).
-    Same value and gradients as `mlm_loss` (tested). Explained in notebooks/05_heads_and_loss.ipynb.
+    """`mlm_loss(decoder(mlm_hidden), ...)` and `mlm_accuracy` computed faster: only real
+    (weight > 0) slots are decoded, and the vocabulary-sized logits are never stored (see
+    `_LinearCrossEntropy`). Same values and gradients as `mlm_loss` (tested). Returns
+    (loss, accuracy). Explained in notebooks/05_heads_and_loss.ipynb.
     """
     real = mlm_weights.reshape(-1) > 0
     h = mlm_hidden.reshape(-1, mlm_hidden.shape[-1])[real]
@@ -107,29 +111,37 @@ class PretrainLoss(NamedTuple):
     total: torch.Tensor  # mlm + nsp, what we differentiate
     mlm: torch.Tensor
     nsp: torch.Tensor
+    mlm_acc: torch.Tensor
+    nsp_acc: torch.Tensor
 
 
-def pretrain_loss(output, batch, total_weight=None, total_examples=None,
-                  decoder=None) -> PretrainLoss:
-    """MLM loss + NSP loss of a model output (`BERTOutput`) on a batch (dict of `BATCH_KEYS`).
+def pretrain_loss(output, batch, decoder=None, total_weight=None,
+                  total_examples=None) -> PretrainLoss:
+    """MLM loss + NSP loss (and accuracies) of a model output (`BERTOutput`) on a batch.
 
     If the output carries `mlm_hidden` instead of logits, pass the model's `mlm.decoder` and the
-    fused loss is used. Explained in notebooks/05_heads_and_loss.ipynb.
+    fused loss is used. `total_weight` / `total_examples` override the denominators (a
+    data-parallel trainer passes the totals over all ranks).
+    Explained in notebooks/05_heads_and_loss.ipynb.
     """
+    labels, weights = batch["mlm_labels"], batch["mlm_weights"]
     if output.mlm_logits is None:
-        mlm = fused_mlm_loss(output.mlm_hidden, decoder, batch["mlm_labels"], batch["mlm_weights"],
-                             total_weight)
+        mlm, mlm_acc = fused_mlm_loss(output.mlm_hidden, decoder, labels, weights, total_weight)
     else:
-        mlm = mlm_loss(output.mlm_logits, batch["mlm_labels"], batch["mlm_weights"], total_weight)
+        mlm = mlm_loss(output.mlm_logits, labels, weights, total_weight)
+        mlm_acc = mlm_accuracy(output.mlm_logits.detach(), labels, weights, total_weight)
     nsp = nsp_loss(output.nsp_logits, batch["nsp_labels"], total_examples)
-    return PretrainLoss(mlm + nsp, mlm, nsp)
+    nsp_acc = nsp_accuracy(output.nsp_logits.detach(), batch["nsp_labels"], total_examples)
+    return PretrainLoss(mlm + nsp, mlm, nsp, mlm_acc, nsp_acc)
 
 
-def mlm_accuracy(mlm_logits, mlm_labels, mlm_weights):
-    """Fraction of real (weight 1) predictions whose top logit is the label."""
+def mlm_accuracy(mlm_logits, mlm_labels, mlm_weights, total_weight=None):
+    """Fraction of real (weight > 0) predictions whose top logit is the label."""
     hits = (mlm_logits.argmax(-1) == mlm_labels).to(mlm_weights.dtype) * mlm_weights
-    return hits.sum() / mlm_weights.sum().clamp_min(1e-8)
+    total = mlm_weights.sum() if total_weight is None else total_weight
+    return hits.sum() / total.clamp_min(1e-8)
 
 
-def nsp_accuracy(nsp_logits, nsp_labels):
-    return (nsp_logits.argmax(-1) == nsp_labels).float().mean()
+def nsp_accuracy(nsp_logits, nsp_labels, total=None):
+    hits = (nsp_logits.argmax(-1) == nsp_labels).float().sum()
+    return hits / (len(nsp_labels) if total is None else total)

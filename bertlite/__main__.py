@@ -1,0 +1,4 @@
+"""`python -m bertlite ...`: see bertlite.cli."""
+from .cli import main
+
+main()

@@ -1,0 +1,267 @@
+"""Pre-training: devices, data parallelism, the learning-rate schedule, the training loop,
+evaluation and checkpoints.
+
+One process: the model runs on the CPU, Apple's `mps`, one GPU, or all visible GPUs through
+`nn.DataParallel`. Several processes (`torchrun --nproc_per_node=N ...`): each runs a replica
+wrapped in `DistributedDataParallel` on its own slice of every global batch.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler
+from tqdm import tqdm
+
+from .loss import fused_mlm_loss, nsp_accuracy, nsp_loss, pretrain_loss
+from .model import BERTConfig, BERTModel
+
+METRICS = ("mlm_loss", "nsp_loss", "mlm_acc", "nsp_acc")
+
+
+def devices() -> list[torch.device]:
+    """All GPUs, else Apple's `mps`, else the CPU (the book's `try_all_gpus()` returns [] here
+    and its trainer then crashes on `devices[0]`). Explained in notebooks/06_pretraining.ipynb.
+    """
+    if torch.cuda.is_available():
+        return [torch.device(f"cuda:{i}") for i in range(torch.cuda.device_count())]
+    if torch.backends.mps.is_available():
+        return [torch.device("mps")]
+    return [torch.device("cpu")]
+
+
+@dataclass
+class TrainConfig:
+    """How to train. The defaults are the book's recipe (with a correct MLM loss)."""
+    steps: int = 50
+    batch_size: int = 512          # global: split across GPUs or processes
+    lr: float = 0.01
+    optimizer: str = "adam"        # "adam" (the book) or "adamw" (decay on weight matrices only)
+    weight_decay: float = 0.01     # used by adamw
+    schedule: str = "constant"     # "constant" (the book) or "linear": warm-up, then decay to 0
+    warmup_steps: int = 0
+    clip_grad: float = 0.0         # max gradient norm; 0 turns clipping off
+    precision: str = "fp32"        # "fp32", "bf16" or "fp16" autocast
+    fused_loss: bool = True        # bertlite.loss.fused_mlm_loss: same numbers, less time
+    eval_every: int = 0            # steps between validations; 0: at the end only
+    checkpoint_every: int = 0      # steps between checkpoints; 0: at the end only
+    seed: int = 0
+
+
+def get_lr(step: int, cfg: TrainConfig) -> float:
+    """Learning rate at `step` (0-based): a pure function, so a checkpoint needs only the step."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    if cfg.schedule == "constant":
+        return cfg.lr
+    if cfg.schedule == "linear":
+        return cfg.lr * max(0.0, (cfg.steps - step) / max(1, cfg.steps - cfg.warmup_steps))
+    raise ValueError(f"unknown schedule {cfg.schedule!r}; choose 'constant' or 'linear'")
+
+
+def make_optimizer(net: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(net.parameters(), lr=cfg.lr)
+    if cfg.optimizer == "adamw":  # no decay on biases, LayerNorm gains or embeddings' rows
+        decay = [p for n, p in net.named_parameters() if p.dim() == 2 and "embeddings" not in n]
+        rest = [p for n, p in net.named_parameters() if not (p.dim() == 2 and "embeddings" not in n)]
+        return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                                  {"params": rest, "weight_decay": 0.0}], lr=cfg.lr)
+    raise ValueError(f"unknown optimizer {cfg.optimizer!r}; choose 'adam' or 'adamw'")
+
+
+def _distributed() -> tuple[int, int, int]:
+    """(rank, world size, local rank); joins the process group when launched by torchrun."""
+    if "WORLD_SIZE" not in os.environ or int(os.environ["WORLD_SIZE"]) == 1:
+        return 0, 1, 0
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0))
+
+
+def _all_sum(x: torch.Tensor) -> torch.Tensor:
+    if dist.is_initialized():
+        dist.all_reduce(x)
+    return x
+
+
+def _autocast(device: torch.device, precision: str):
+    dtypes = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+    if precision not in dtypes:
+        raise ValueError(f"unknown precision {precision!r}; choose one of {list(dtypes)}")
+    return torch.autocast(device.type, dtype=dtypes[precision] or torch.float32,
+                          enabled=dtypes[precision] is not None)
+
+
+def save_checkpoint(path, net: BERTModel, optimizer, scaler, step: int, cfg: TrainConfig,
+                    history: list) -> None:
+    """Everything needed to continue exactly, written to a temporary file and renamed."""
+    state = {"model": net.state_dict(), "optimizer": optimizer.state_dict(),
+             "scaler": scaler.state_dict(), "step": step, "torch_rng": torch.get_rng_state(),
+             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+             "model_config": net.config.to_dict(), "train_config": asdict(cfg), "history": history}
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)  # a crash leaves the previous checkpoint whole
+
+
+def load_checkpoint(path, map_location="cpu") -> dict:
+    """A checkpoint written by `save_checkpoint` (no pickled code is run)."""
+    return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def model_from_checkpoint(path) -> BERTModel:
+    state = load_checkpoint(path)
+    net = BERTModel(BERTConfig(**state["model_config"]))
+    net.load_state_dict(state["model"])
+    return net
+
+
+@torch.no_grad()
+def evaluate(net: BERTModel, dataset, batch_size: int = 512, device=None) -> dict:
+    """MLM loss over real masked tokens (and its perplexity), MLM accuracy, NSP loss and accuracy
+    on a whole dataset, in eval mode. Build the dataset with a fixed seed to compare runs.
+    Explained in notebooks/06_pretraining.ipynb.
+    """
+    device = device or next(net.parameters()).device
+    was_training = net.training
+    net.eval()
+    sums = torch.zeros(4, dtype=torch.float64)
+    weight = 0.0
+    for batch in DataLoader(dataset, batch_size):
+        b = {k: v.to(device) for k, v in batch.items()}
+        out = net(b["tokens"], b["segments"], b["valid_lens"], b["pred_positions"], mlm_logits=False)
+        one = torch.ones((), device=device)  # denominators of 1: sums, divided at the end
+        mlm, mlm_acc = fused_mlm_loss(out.mlm_hidden, net.mlm.decoder, b["mlm_labels"],
+                                      b["mlm_weights"], total_weight=one)
+        nsp = nsp_loss(out.nsp_logits, b["nsp_labels"], total=1)
+        sums += torch.stack([mlm, nsp, mlm_acc, nsp_accuracy(out.nsp_logits, b["nsp_labels"], 1)]).cpu()
+        weight += b["mlm_weights"].sum().item()
+    net.train(was_training)
+    mlm, nsp, mlm_acc, nsp_acc = (sums / torch.tensor([weight, len(dataset), weight, len(dataset)])).tolist()
+    return {"mlm_loss": mlm, "perplexity": math.exp(mlm), "mlm_acc": mlm_acc, "nsp_loss": nsp,
+            "nsp_acc": nsp_acc}
+
+
+def train_bert(net: BERTModel, train_data, cfg: TrainConfig, val_data=None, run_dir=None,
+               resume: bool = False, progress: bool = True) -> list[dict]:
+    """Pre-train `net` for `cfg.steps` steps; return the history (one dict per step, plus
+    `{"step", "eval": {...}}` records). With `run_dir`, rank 0 appends each record to
+    `metrics.jsonl` and writes `checkpoint.pt`; `resume=True` continues from that checkpoint.
+    Explained in notebooks/06_pretraining.ipynb.
+    """
+    rank, world, local_rank = _distributed()
+    devs = devices()
+    device = devs[local_rank] if world > 1 and devs[0].type == "cuda" else devs[0]
+    net.to(device)
+    model = net
+    if world > 1:
+        model = nn.parallel.DistributedDataParallel(net, [device] if device.type == "cuda" else None)
+    elif len(devs) > 1:
+        model = nn.DataParallel(net, devs)  # the book's trainer: one process, all GPUs
+    if cfg.batch_size % world:
+        raise ValueError(f"batch_size={cfg.batch_size} must divide among {world} processes")
+    # Even one process uses a DistributedSampler (1 replica): N processes then see exactly the
+    # global batches that one process sees, which is what makes their losses comparable.
+    sampler = DistributedSampler(train_data, world, rank, shuffle=True, seed=cfg.seed)
+    loader = DataLoader(train_data, cfg.batch_size // world, sampler=sampler,
+                        generator=torch.Generator().manual_seed(cfg.seed))  # not the global RNG
+    optimizer = make_optimizer(net, cfg)
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
+    run_dir = Path(run_dir) if run_dir else None
+    writer = rank == 0 and run_dir is not None
+    step, history = 0, []
+    if resume:
+        state = load_checkpoint(run_dir / "checkpoint.pt", map_location=device)
+        net.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["torch_rng"])
+        if state["cuda_rng"]:
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        step, history = state["step"], state["history"]
+    else:
+        torch.manual_seed(cfg.seed + rank)  # dropout draws
+    if writer:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with open(run_dir / "metrics.jsonl", "w") as f:  # what the checkpoint knows, no more
+            f.writelines(json.dumps(r) + "\n" for r in history)
+    bar = tqdm(total=cfg.steps, initial=step, disable=not (progress and rank == 0), unit="step",
+               file=sys.stderr, dynamic_ncols=True)
+
+    def record(r):
+        history.append(r)
+        if writer:
+            with open(run_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(r) + "\n")
+
+    net.train()
+    while step < cfg.steps:
+        epoch, skip = divmod(step, len(loader))
+        sampler.set_epoch(epoch)
+        train_data.set_epoch(epoch)  # new masks with dynamic masking
+        batches = iter(loader)
+        for _ in range(skip):  # resuming mid-epoch: pass over the batches already trained on
+            next(batches)
+        t0 = time.perf_counter()
+        for batch in batches:
+            lr = get_lr(step, cfg)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            b = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+            # Denominators summed over all ranks, so every rank's loss is its share of the
+            # global loss; DDP averages gradients, hence the factor `world` below.
+            totals = _all_sum(torch.stack([b["mlm_weights"].sum(), torch.tensor(
+                float(len(b["nsp_labels"])), device=device)]))
+            with _autocast(device, cfg.precision):
+                out = model(b["tokens"], b["segments"], b["valid_lens"], b["pred_positions"],
+                            mlm_logits=not cfg.fused_loss)
+                loss = pretrain_loss(out, b, net.mlm.decoder, totals[0], totals[1])
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss.total * world).backward()
+            if cfg.clip_grad:
+                scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_(net.parameters(), cfg.clip_grad)
+            scaler.step(optimizer)
+            scaler.update()
+            metrics = _all_sum(torch.stack(loss[1:]).detach().float()).tolist()
+            step += 1
+            now = time.perf_counter()
+            pairs = int(totals[1].item())
+            r = {"step": step, **dict(zip(METRICS, metrics)), "lr": lr,
+                 "pairs_per_s": pairs / (now - t0), "seconds": now - t0}
+            record(r)
+            bar.update(1)
+            bar.set_postfix(mlm=f"{r['mlm_loss']:.3f}", nsp=f"{r['nsp_loss']:.3f}",
+                            pairs_s=f"{r['pairs_per_s']:.0f}")
+            if val_data is not None and rank == 0 and (
+                    step == cfg.steps or (cfg.eval_every and step % cfg.eval_every == 0)):
+                record({"step": step, "eval": evaluate(net, val_data, cfg.batch_size, device)})
+            if writer and (step == cfg.steps or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0)):
+                save_checkpoint(run_dir / "checkpoint.pt", net, optimizer, scaler, step, cfg, history)
+            if step >= cfg.steps:
+                break
+            t0 = time.perf_counter()
+    bar.close()
+    return history
+
+
+def summarize(history: list[dict]) -> dict:
+    """Means over all training steps (as the book prints them), throughput, and the last eval."""
+    steps = [r for r in history if "eval" not in r]
+    out = {k: sum(r[k] for r in steps) / len(steps) for k in METRICS}
+    seconds = sum(r["seconds"] for r in steps)
+    out["pairs_per_s"] = sum(r["pairs_per_s"] * r["seconds"] for r in steps) / seconds  # pairs / time
+    evals = [r["eval"] for r in history if "eval" in r]
+    if evals:
+        out["eval"] = evals[-1]
+    return out
