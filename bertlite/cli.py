@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -122,11 +123,12 @@ def pretrain(args) -> dict:
         run_dir = Path(args.run_dir or f"runs/{args.dataset}-{time.strftime('%Y%m%d-%H%M%S')}")
         if (run_dir / "checkpoint.pt").exists():
             sys.exit(f"error: {run_dir} already holds a run; use --resume {run_dir} to continue it")
-        run_dir.mkdir(parents=True, exist_ok=True)
-        train_data.vocab.save(run_dir / "vocab.txt")
-        (run_dir / "config.json").write_text(json.dumps(
-            {"data": data, "model": model_cfg.to_dict(), "train": dataclasses.asdict(train_cfg)},
-            indent=2) + "\n")
+        if int(os.environ.get("RANK", 0)) == 0:  # under torchrun, only rank 0 writes files
+            run_dir.mkdir(parents=True, exist_ok=True)
+            train_data.vocab.save(run_dir / "vocab.txt")
+            (run_dir / "config.json").write_text(json.dumps(
+                {"data": data, "model": model_cfg.to_dict(), "train": dataclasses.asdict(train_cfg)},
+                indent=2) + "\n")
     torch.manual_seed(train_cfg.seed)
     net = BERTModel(model_cfg)
     history = train_bert(net, train_data, train_cfg, val_data, run_dir, resume=bool(args.resume),

@@ -1,0 +1,93 @@
+import torch
+import torch.nn.functional as F
+
+from bertlite.loss import (d2l_mlm_loss, fused_mlm_loss, mlm_accuracy, mlm_loss, nsp_accuracy,
+                           nsp_loss, pretrain_loss)
+from bertlite.model import BERTConfig, BERTModel
+
+
+def example(seed=0, B=6, P=10, V=50):
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(B, P, V, generator=g, requires_grad=True)
+    labels = torch.randint(0, V, (B, P), generator=g)
+    weights = (torch.arange(P) < torch.randint(1, P, (B, 1), generator=g)).float()
+    labels = labels * weights.long()  # padded slots: label 0 (and position 0)
+    return logits, labels, weights
+
+
+def test_padded_slots_change_neither_loss_nor_gradients():
+    logits, labels, weights = example()
+    loss = mlm_loss(logits, labels, weights)
+    (grad,) = torch.autograd.grad(loss, logits)
+    pad = weights == 0
+    other_logits = logits.detach().clone()
+    other_logits[pad] = torch.randn_like(other_logits[pad]) * 10
+    other_logits.requires_grad_()
+    other_labels = labels.clone()
+    other_labels[pad] = 7
+    other = mlm_loss(other_logits, other_labels, weights)
+    (other_grad,) = torch.autograd.grad(other, other_logits)
+    assert torch.allclose(loss, other)
+    assert torch.allclose(grad[~pad], other_grad[~pad]) and not other_grad[pad].any()
+
+
+def test_loss_is_the_mean_over_real_predictions():
+    logits, labels, weights = example()
+    real = weights > 0
+    assert torch.allclose(mlm_loss(logits, labels, weights), F.cross_entropy(logits[real], labels[real]))
+
+
+def test_why_the_books_formula_is_wrong():
+    logits, labels, weights = example()
+    with torch.no_grad():  # a partly trained model: confident on the real slots
+        logits.scatter_add_(-1, labels[..., None], 4 * weights[..., None])
+    book = d2l_mlm_loss(logits, labels, weights)
+    # It equals the plain mean over every slot, padded ones included: the weights do nothing ...
+    assert torch.allclose(book, F.cross_entropy(logits.reshape(-1, 50), labels.reshape(-1)), atol=1e-5)
+    # ... so it is not the loss over the real predictions,
+    assert abs(book - mlm_loss(logits, labels, weights)) > 0.5
+    # and it pushes the model to predict label 0 in padded slots.
+    (grad,) = torch.autograd.grad(book, logits)
+    assert grad[weights == 0].abs().sum() > 0
+    # The proposed fix with (N, 1) weights broadcasts against the (N,) losses into N x N.
+    per_slot = F.cross_entropy(logits.reshape(-1, 50), labels.reshape(-1), reduction="none")
+    assert (per_slot * weights.reshape(-1, 1)).shape == (60, 60)
+
+
+def test_fused_loss_equals_the_plain_one_with_gradients():
+    torch.manual_seed(0)
+    h = torch.randn(6, 10, 16, requires_grad=True)
+    decoder = torch.nn.Linear(16, 300)
+    _, labels, weights = example(V=300)
+    plain = mlm_loss(decoder(h), labels, weights)
+    grads = torch.autograd.grad(plain, [h, decoder.weight, decoder.bias])
+    fused, acc = fused_mlm_loss(h, decoder, labels, weights, chunk=7)  # several chunks
+    fused_grads = torch.autograd.grad(fused, [h, decoder.weight, decoder.bias])
+    assert torch.allclose(plain, fused, atol=1e-6)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(grads, fused_grads))
+    assert torch.allclose(acc, mlm_accuracy(decoder(h), labels, weights))
+
+
+def test_fused_loss_under_bf16_autocast_is_close():
+    torch.manual_seed(0)
+    h, decoder = torch.randn(60, 32), torch.nn.Linear(32, 500)
+    labels, weights = torch.randint(0, 500, (60,)), torch.ones(60)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fused, _ = fused_mlm_loss(h, decoder, labels, weights)
+    assert fused.dtype == torch.float32
+    assert abs(fused.item() - mlm_loss(decoder(h), labels, weights).item()) < 0.05
+
+
+def test_nsp_and_pretrain_loss_on_a_batch(tiny):
+    torch.manual_seed(0)
+    net = BERTModel(BERTConfig.preset("d2l", len(tiny.vocab))).eval()
+    b = tiny[:8]
+    out = net(b["tokens"], b["segments"], b["valid_lens"], b["pred_positions"])
+    loss = pretrain_loss(out, b)
+    assert torch.allclose(loss.nsp, F.cross_entropy(out.nsp_logits, b["nsp_labels"]))
+    assert torch.allclose(loss.total, loss.mlm + loss.nsp)
+    fused = pretrain_loss(net(b["tokens"], b["segments"], b["valid_lens"], b["pred_positions"],
+                              mlm_logits=False), b, net.mlm.decoder)
+    assert torch.allclose(fused.mlm, loss.mlm, atol=1e-5) and torch.allclose(fused.mlm_acc, loss.mlm_acc)
+    assert torch.allclose(nsp_loss(out.nsp_logits, b["nsp_labels"], total=16) * 2, loss.nsp)
+    assert 0 <= nsp_accuracy(out.nsp_logits, b["nsp_labels"]) <= 1

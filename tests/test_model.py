@@ -1,0 +1,98 @@
+import dataclasses
+
+import pytest
+import torch
+
+from bertlite.model import (BERTConfig, BERTModel, Dropout, count_parameters, get_bert_encoding)
+from bertlite.train import devices
+from bertlite.vocab import Vocab
+
+
+def batch(vocab_size=500, B=4, T=12, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(5, vocab_size, (B, T), generator=g)
+    segments = (torch.arange(T) >= T // 2).long().expand(B, T).clone()
+    valid_lens = torch.tensor([T, 7, 3, 1][:B])
+    pred_positions = torch.tensor([[1, 2, 5], [3, 4, 0], [1, 2, 0], [0, 0, 0]][:B])
+    return tokens, segments, valid_lens, pred_positions
+
+
+def test_d2l_preset_has_the_books_parameter_count():
+    assert count_parameters(BERTModel(BERTConfig.preset("d2l", 20256))) == 5_632_546
+
+
+@pytest.mark.parametrize("preset", ["d2l", "bert-tiny", "bert-mini"])
+def test_fused_attention_equals_from_scratch(preset):
+    config = BERTConfig.preset(preset, 500)
+    torch.manual_seed(0)
+    fused = BERTModel(config).eval()
+    scratch = BERTModel(dataclasses.replace(config, fused_attention=False)).eval()
+    scratch.load_state_dict(fused.state_dict())
+    a, b = fused(*batch()), scratch(*batch())
+    for x, y in zip(a[:4], b[:4]):
+        assert (x - y).abs().max() <= 1e-5
+
+
+def test_padding_does_not_change_real_positions():
+    torch.manual_seed(0)
+    net = BERTModel(BERTConfig.preset("bert-tiny", 500)).eval()
+    tokens, segments, valid_lens, pred = batch()
+    other = tokens.clone()
+    other[1, 7:] = 9  # change only padding of sequence 1 (valid length 7)
+    a, b = net(tokens, segments, valid_lens, pred), net(other, segments, valid_lens, pred)
+    assert torch.allclose(a.encoded[1, :7], b.encoded[1, :7], atol=1e-6)
+    assert torch.allclose(a.nsp_logits, b.nsp_logits, atol=1e-6)
+
+
+def test_output_shapes_and_tied_decoder():
+    net = BERTModel(BERTConfig.preset("bert-tiny", 500))
+    out = net(*batch())
+    assert out.encoded.shape == (4, 12, 128) and out.mlm_logits.shape == (4, 3, 500)
+    assert out.nsp_logits.shape == (4, 2) and out.pooled.shape == (4, 128)
+    assert net.mlm.decoder.weight is net.embeddings.token.weight
+    hidden = net(*batch(), mlm_logits=False)
+    assert hidden.mlm_logits is None and hidden.mlm_hidden.shape == (4, 3, 128)
+
+
+def test_bad_shapes_get_clear_errors():
+    net = BERTModel(BERTConfig.preset("d2l", 500, max_len=16))
+    tokens, segments, valid_lens, pred = batch()
+    with pytest.raises(ValueError, match="batch dimension"):
+        net(tokens[0])
+    with pytest.raises(ValueError, match="segments"):
+        net(tokens, segments[:, :5])
+    with pytest.raises(ValueError, match="valid_lens"):
+        net(tokens, segments, valid_lens[:2])
+    with pytest.raises(ValueError, match="pred_positions"):
+        net(tokens, segments, valid_lens, pred[0])
+    with pytest.raises(ValueError, match="position table"):
+        net(torch.zeros(1, 17, dtype=torch.long))
+    with pytest.raises(ValueError, match="divisible"):
+        BERTModel(BERTConfig(hidden=10, heads=3))
+    with pytest.raises(ValueError, match="unknown preset"):
+        BERTConfig.preset("bert-huge", 10)
+
+
+def test_get_bert_encoding_is_deterministic_and_restores_mode():
+    vocab = Vocab("a crane flew over the river bank".split())
+    torch.manual_seed(0)
+    net = BERTModel(BERTConfig.preset("d2l", len(vocab), dropout=0.5))
+    net.train()
+    a = get_bert_encoding(net, vocab, ["a", "crane"], ["the", "bank"])
+    b = get_bert_encoding(net, vocab, ["a", "crane"], ["the", "bank"])
+    assert torch.equal(a, b) and a.shape == (7, 128) and not a.requires_grad  # <cls> a crane <sep> the bank <sep>
+    assert net.training  # put back as it was
+
+
+def test_dropout_keeps_the_expected_value():
+    torch.manual_seed(0)
+    d = Dropout(0.2)
+    y = d(torch.ones(200_000))
+    assert abs((y == 0).float().mean().item() - 0.2) < 0.005
+    assert abs(y.mean().item() - 1.0) < 0.01
+    assert torch.equal(d.eval()(torch.ones(3)), torch.ones(3))
+
+
+def test_devices_fall_back_to_cpu():
+    devs = devices()
+    assert devs and devs[0].type in ("cpu", "cuda", "mps")
