@@ -1,0 +1,35 @@
+"""The project's own promises: conda and pip install the same things, CI pins torch."""
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+CONDA_NAMES = {"pytorch": "torch"}  # conda's name -> PyPI's name
+NOT_PACKAGES = {"python", "pip"}
+
+
+def pyproject_requirements() -> dict[str, str]:
+    tomllib = pytest.importorskip("tomllib")
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    reqs = project["dependencies"] + project["optional-dependencies"]["dev"]
+    return dict(re.match(r"([A-Za-z0-9_.-]+)(.*)", r).groups() for r in reqs)
+
+
+def conda_requirements() -> dict[str, str]:
+    lines = (ROOT / "environment.yml").read_text().split("dependencies:")[1].splitlines()
+    found = {}
+    for line in lines:
+        m = re.match(r"  - ([A-Za-z0-9_.-]+)(.*)$", line)  # top-level entries only
+        if m and m.group(1) not in NOT_PACKAGES:
+            found[CONDA_NAMES.get(m.group(1), m.group(1))] = m.group(2).strip()
+    return found
+
+
+def test_environment_yml_lists_what_pyproject_lists():
+    assert conda_requirements() == {k: v.strip() for k, v in pyproject_requirements().items()}
+
+
+def test_ci_pins_the_cpu_torch_before_installing_the_project():
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "torch==" in ci and ci.index("torch==") < ci.index("-e .")
