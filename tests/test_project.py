@@ -32,4 +32,4 @@ def test_environment_yml_lists_what_pyproject_lists():
 
 def test_ci_pins_the_cpu_torch_before_installing_the_project():
     ci = (ROOT / ".ci" / "run").read_text()
-    assert "torch==" in ci and ci.index("torch==") < ci.index("-e .")
+    assert "torch==" in ci and ci.index("torch==") < ci.index("pip install --quiet -e")
