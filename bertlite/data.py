@@ -59,7 +59,7 @@ class Corpus:
     def from_text(cls, text: str, vocab: Vocab | None = None, min_freq: int = 5,
                   min_sentences: int = 2):
         """`parse_wikitext`, `Vocab` and `Corpus.encode` in one pass over whole arrays: the same
-        result (tested), about five times faster. Returns the corpus and its vocabulary.
+        result (tested), faster (benchmarks/data_pipeline.py). Returns the corpus and its vocabulary.
 
         Each distinct word is hashed once; the sentence and paragraph structure is then found
         with numpy on integer ids instead of Python loops over tokens.
@@ -160,8 +160,9 @@ def mask_tokens(tokens, valid_lens, vocab: Vocab, rng: np.random.Generator, mask
                 mask_token_prob=0.8, random_token_prob=0.1, never_mask=(), max_preds=None):
     """Masked-LM inputs for a batch of token ids (N, T); the input is not changed.
 
-    In each row, `max(1, round(mask_prob * n))` of the `n` maskable positions (not special, not in
-    `never_mask`, inside the valid length) are chosen; each becomes `<mask>` with probability
+    In each row, `max(1, round(mask_prob * n))` of the `n` maskable positions (inside the valid
+    length, not in `never_mask`, not a special token: `<unk>` counts as one, since predicting it
+    teaches nothing, though the book and Google's script do mask it) are chosen; each becomes `<mask>` with probability
     `mask_token_prob`, a random ordinary token with `random_token_prob`, and stays as it is
     otherwise. (The book and Google's script count `<cls>`/`<sep>` in `n`; we count only what can
     be masked, so the rate is 15% of the maskable tokens.) Returns the masked tokens, the sorted
