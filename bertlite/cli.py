@@ -45,13 +45,16 @@ def _add_fields(parser, cls, skip=()):
         if f.name in skip:
             continue
         flag = "--" + f.name.replace("_", "-")
+        default = f"default {f.default}"
+        if f.name in SHIPPED_DEFAULTS:
+            default += f"; {SHIPPED_DEFAULTS[f.name]} on the shipped corpus"
         if f.type in ("bool", bool):
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
-                                help=f"{HELP[f.name]} (default {f.default})")
+                                help=f"{HELP[f.name]} ({default})")
         else:
             kind = {"int": int, "float": float, "str": str}.get(str(f.type).split(" ")[0], float)
             parser.add_argument(flag, type=kind, default=None, metavar=f.name.upper(),
-                                help=f"{HELP[f.name]} (default {f.default})")
+                                help=f"{HELP[f.name]} ({default})")
 
 
 def build_parser() -> argparse.ArgumentParser:
