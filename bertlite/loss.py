@@ -47,15 +47,18 @@ class _LinearCrossEntropy(torch.autograd.Function):
             grads = [torch.zeros(t.shape, device=h.device) for t in (h, weight.t(), bias)]
             for s in range(0, h.shape[0], chunk):
                 e = min(s + chunk, h.shape[0])
-                logits = torch.addmm(bc, hc[s:e], wc.t()).float()    # (c, V)
-                lse = logits.logsumexp(-1)                            # (c,)
                 y, ws = labels[s:e], w[s:e].float()
-                loss += ((lse - logits.gather(1, y[:, None])[:, 0]) * ws).sum()
-                correct += ((logits.argmax(-1) == y) * ws).sum()
+                logits = torch.addmm(bc, hc[s:e], wc.t()).float()    # (c, V)
+                top, guess = logits.max(-1)                           # one pass: max and argmax
+                correct += ((guess == y) * ws).sum()
+                target = logits.gather(1, y[:, None])[:, 0] - top     # label's logit, shifted
+                p = logits.sub_(top[:, None]).exp_()                  # in place: exp(logit - max)
+                total_exp = p.sum(-1)
+                loss += ((total_exp.log() - target) * ws).sum()       # -log softmax at the label
                 if need_grad:
-                    g = logits.sub_(lse[:, None]).exp_()              # softmax, in place
-                    g[torch.arange(e - s, device=h.device), y] -= 1   # minus the one-hot label
-                    g *= (ws / total)[:, None]
+                    scale = ws / total                                # each row's share of the loss
+                    g = p.mul_((scale / total_exp)[:, None])          # softmax * scale, in place
+                    g[torch.arange(e - s, device=h.device), y] -= scale  # minus the one-hot label
                     gc = g.to(dtype)
                     grads[0][s:e] = gc @ wc
                     grads[1] += hc[s:e].t() @ gc                     # W's gradient, transposed:

@@ -126,6 +126,25 @@ def model_from_checkpoint(path) -> BERTModel:
     return net
 
 
+def save_pretrained(net: BERTModel, vocab, folder) -> None:
+    """A trained model for others to use: `model.pt` (weights only), `config.json`, `vocab.txt`."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save(net.state_dict(), folder / "model.pt")
+    (folder / "config.json").write_text(json.dumps(net.config.to_dict(), indent=2) + "\n")
+    vocab.save(folder / "vocab.txt")
+
+
+def load_pretrained(folder):
+    """(model in eval mode, vocabulary) from a folder written by `save_pretrained`.
+    Explained in notebooks/06_pretraining.ipynb."""
+    from .vocab import Vocab
+    folder = Path(folder)
+    net = BERTModel(BERTConfig(**json.loads((folder / "config.json").read_text())))
+    net.load_state_dict(torch.load(folder / "model.pt", map_location="cpu", weights_only=True))
+    return net.eval(), Vocab.load(folder / "vocab.txt")
+
+
 @torch.no_grad()
 def evaluate(net: BERTModel, dataset, batch_size: int = 512, device=None) -> dict:
     """MLM loss over real masked tokens (and its perplexity), MLM accuracy, NSP loss and accuracy
