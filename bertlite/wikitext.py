@@ -5,13 +5,12 @@ are already split by single spaces. We turn it into paragraphs of sentences of t
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
-import tempfile
-import urllib.request
 import zipfile
 from pathlib import Path
+
+from .download import building, digest, fetch_verified
 
 SPLITS = ("train", "valid", "test")
 SHIPPED = "tinywiki"  # the small corpus written for this project, in data/tinywiki/
@@ -109,37 +108,10 @@ def read_wikitext(name: str = SHIPPED, split: str = "train", data_dir=None, down
     return paragraphs
 
 
-def _digest(path: Path, algorithm: str) -> str:
-    h = hashlib.new(algorithm)
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _fetch(url: str, dest: Path, sha1: str, timeout: float) -> None:
-    """Download `url` to `dest` through a temporary file; rename only if the sha1 matches."""
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".download-")
-    try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as r:
-            status = getattr(r, "status", None)
-            if status not in (None, 200):  # file:// answers have no status
-                raise OSError(f"HTTP {status}")
-            shutil.copyfileobj(r, out)
-        got = _digest(Path(tmp), "sha1")
-        if got != sha1:
-            raise OSError(f"sha1 mismatch: expected {sha1}, got {got}")
-        os.replace(tmp, dest)  # atomic: the archive exists whole or not at all
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def _extract(archive: Path, target: Path, expected: dict[str, str]) -> None:
-    """Extract wikitext-2/wiki.*.tokens safely, verify each file, then move the folder in place."""
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".extract-"))
+    """Extract wikitext-2/wiki.*.tokens, verify each file, then move the folder in place."""
     try:
-        with zipfile.ZipFile(archive) as zf:
+        with zipfile.ZipFile(archive) as zf, building(target) as tmp:
             for split, sha256 in expected.items():
                 member = f"wikitext-2/wiki.{split}.tokens"
                 out = tmp / f"wiki.{split}.tokens"  # a name we choose: no path from the archive
@@ -148,13 +120,10 @@ def _extract(archive: Path, target: Path, expected: dict[str, str]) -> None:
                         shutil.copyfileobj(src, dst)
                 except KeyError:
                     raise OSError(f"{archive} has no member {member}") from None
-                if _digest(out, "sha256") != sha256:
+                if digest(out, "sha256") != sha256:
                     raise OSError(f"{member} in {archive} fails its sha256 check")
-        os.replace(tmp, target)  # the folder appears whole or not at all
     except zipfile.BadZipFile as e:
         raise OSError(f"{archive} is not a valid zip archive ({e}): delete it and retry") from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def download_wikitext2(data_dir=None, mirrors=WIKITEXT2_MIRRORS, sha1=WIKITEXT2_ZIP_SHA1,
@@ -170,21 +139,10 @@ def download_wikitext2(data_dir=None, mirrors=WIKITEXT2_MIRRORS, sha1=WIKITEXT2_
     if all((target / f"wiki.{s}.tokens").exists() for s in SPLITS):
         return target
     data_dir.mkdir(parents=True, exist_ok=True)
-    archive = data_dir / "wikitext-2-v1.zip"
-    errors = []
-    if archive.exists() and _digest(archive, "sha1") != sha1:
-        raise RuntimeError(f"{archive} exists but its sha1 is not {sha1}: delete it and retry")
-    if not archive.exists():
-        for url in mirrors:
-            try:
-                _fetch(url, archive, sha1, timeout)
-                break
-            except OSError as e:  # URLError and HTTPError are OSErrors too
-                errors.append(f"  {url}: {e}")
-        else:
-            raise RuntimeError("could not download WikiText-2:\n" + "\n".join(errors) +
-                               f"\nDownload wikitext-2-v1.zip by hand (sha1 {sha1}) and put it "
-                               f"at {archive}, or unzip it so that {target}/wiki.train.tokens exists.")
+    archive = fetch_verified(
+        mirrors, data_dir / "wikitext-2-v1.zip", sha1, "sha1", timeout, what="WikiText-2",
+        hint=f"Download wikitext-2-v1.zip by hand (sha1 {sha1}) and put it at "
+             f"{data_dir / 'wikitext-2-v1.zip'}, or unzip it so that {target}/wiki.train.tokens exists.")
     if target.exists():
         shutil.rmtree(target)  # a partial folder from someone's manual attempt
     _extract(archive, target, file_sha256 or WIKITEXT2_SHA256)

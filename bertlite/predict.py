@@ -1,0 +1,116 @@
+"""Using a pre-trained model: fill in masked words, and measure how surprised the model is.
+
+`fill_mask` works like the Hugging Face fill-mask pipeline: write `<mask>` (a word-level
+`bertlite.vocab.Vocab`) or `[MASK]` (a WordPiece tokenizer) where a word is missing, and get the
+model's top-k guesses with their probabilities. `perplexity` turns the validation MLM loss into
+"as unsure as a uniform choice among this many words".
+"""
+from __future__ import annotations
+
+import torch
+
+from .data import tokens_and_segments
+from .train import evaluate
+
+
+def _conventions(vocab_or_tokenizer):
+    """(mask, cls, sep, tokenize, to_ids) for a word-level Vocab or a WordPiece tokenizer.
+
+    Anything with `tokenize`, `convert_tokens_to_ids` and `convert_ids_to_tokens` counts as a
+    WordPiece tokenizer (bertlite.wordpiece's and transformers' BertTokenizer both do).
+    """
+    tok = vocab_or_tokenizer
+    if hasattr(tok, "tokenize"):
+        return (getattr(tok, "mask_token", "[MASK]"), getattr(tok, "cls_token", "[CLS]"),
+                getattr(tok, "sep_token", "[SEP]"), tok.tokenize, tok.convert_tokens_to_ids)
+    # Word level, as WikiText is written: lowercase, split on spaces ("marsh ." not "marsh.").
+    return "<mask>", "<cls>", "<sep>", lambda s: s.lower().split(), tok.__getitem__
+
+
+def _tokenize(text: str, mask: str, tokenize) -> list[str]:
+    """Tokenize the text between the masks, so a tokenizer never sees (and splits) the mask."""
+    tokens = []
+    for i, piece in enumerate(text.split(mask)):
+        tokens += ([mask] if i else []) + list(tokenize(piece))
+    return tokens
+
+
+def _detokenize(tokens: list[str]) -> str:
+    """Words back to text; WordPiece `##` continuations join the piece before them."""
+    return " ".join(tokens).replace(" ##", "")
+
+
+def fill_mask(model, vocab_or_tokenizer, text: str, top_k: int = 5, text_pair: str | None = None):
+    """The model's `top_k` most likely tokens for each mask in `text` (and `text_pair`, read as
+    sentence B), with their probabilities, like the Hugging Face fill-mask pipeline.
+
+    Returns, for each mask in order, a list of `{"score", "token", "token_str", "sequence"}`
+    dicts, best first ("token" is the id, "token_str" the string, as in the pipeline); with a
+    single mask just that list, as the pipeline does. "sequence" is the
+    input with this mask filled in and any other mask left as it is. The probabilities are a
+    softmax over the whole vocabulary, computed in eval mode (no dropout) without gradients; the
+    MLM head runs at the masked positions only, through the model's `pred_positions`.
+    Explained in notebooks/08_fill_mask.ipynb.
+    """
+    if not isinstance(top_k, int) or top_k < 1:
+        raise ValueError(f"top_k must be a positive integer, got {top_k!r}")
+    mask, cls, sep, tokenize, to_ids = _conventions(vocab_or_tokenizer)
+    tokens_a = _tokenize(text, mask, tokenize)
+    tokens_b = None if text_pair is None else _tokenize(text_pair, mask, tokenize)
+    tokens, segments = tokens_and_segments(tokens_a, tokens_b)
+    tokens[0], tokens[len(tokens_a) + 1], tokens[-1] = cls, sep, sep  # this vocabulary's spelling
+    positions = [i for i, t in enumerate(tokens) if t == mask]
+    if not positions:
+        raise ValueError(f"no {mask} in the text: write {mask} (separated by spaces) where the "
+                         f"model should fill in a word, e.g. 'the cat {mask} on the mat'")
+    config = model.config
+    if len(tokens) > config.max_len:
+        raise ValueError(f"the text is {len(tokens)} tokens with {cls} and {sep}, more than the "
+                         f"model's max_len={config.max_len}: shorten it")
+    ids = list(to_ids(tokens))
+    if not hasattr(vocab_or_tokenizer, "tokenize") and len(vocab_or_tokenizer) != config.vocab_size:
+        raise ValueError(f"the vocabulary has {len(vocab_or_tokenizer)} tokens but the model "
+                         f"{config.vocab_size}: use the vocabulary the model was trained with")
+    if max(ids) >= config.vocab_size:
+        raise ValueError(f"token id {max(ids)} is outside the model's vocabulary of "
+                         f"{config.vocab_size}: use the tokenizer the model was trained with")
+
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()  # dropout off: the same text always gives the same answer
+    try:
+        with torch.no_grad():
+            out = model(torch.tensor([ids], device=device),               # (1, T)
+                        torch.tensor([segments], device=device),          # (1, T)
+                        torch.tensor([len(ids)], device=device),          # (1,) no padding
+                        torch.tensor([positions], device=device))         # (1, M) the masks
+    finally:
+        model.train(was_training)
+    probs = out.mlm_logits[0].float().softmax(dim=-1)                     # (M, V)
+    scores, best = probs.topk(min(top_k, probs.shape[-1]), dim=-1)        # (M, k) each
+    to_tokens = (getattr(vocab_or_tokenizer, "convert_ids_to_tokens", None)
+                 or vocab_or_tokenizer.to_tokens)
+    results = []
+    for pos, row_scores, row_ids in zip(positions, scores.tolist(), best.tolist()):
+        row = []
+        for score, token_id, token in zip(row_scores, row_ids, to_tokens(row_ids)):
+            filled = tokens[:pos] + [token] + tokens[pos + 1:]
+            sequence = _detokenize(filled[1:len(tokens_a) + 1])
+            if tokens_b is not None:
+                sequence += f" {sep} " + _detokenize(filled[len(tokens_a) + 2:-1])
+            row.append({"score": score, "token": token_id, "token_str": token, "sequence": sequence})
+        results.append(row)
+    return results[0] if len(results) == 1 else results
+
+
+def perplexity(model, dataset, batch_size: int = 256) -> float:
+    """exp(mean MLM cross-entropy) over the real masked tokens of `dataset` (padding slots do not
+    count), computed by `bertlite.train.evaluate` in eval mode. A model guessing uniformly among V
+    tokens scores V; lower is better.
+
+    The masks come from the dataset's seed (`load_pretrain_dataset(..., seed=0)`): build the
+    dataset with a fixed seed (and static masking) and every model is scored on the very same
+    masked tokens, so the numbers are comparable between runs and models.
+    Explained in notebooks/08_fill_mask.ipynb.
+    """
+    return evaluate(model, dataset, batch_size)["perplexity"]
