@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+from .masking import MASKING
 from .model import BERTConfig
 from .train import TrainConfig
 
@@ -72,6 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--min-freq", type=int, help="vocabulary min count (2 shipped, 5 WikiText-2)")
     pre.add_argument("--dynamic-masking", action=argparse.BooleanOptionalAction, default=None,
                      help="new masks every epoch (default on for the shipped corpus)")
+    pre.add_argument("--pair-task", choices=("nsp", "sop"), default="nsp",
+                     help="sentence-pair task: next sentence (BERT) or sentence order (ALBERT) "
+                     "(default nsp)")
+    pre.add_argument("--masking", choices=tuple(MASKING), default="token",
+                     help="which positions the MLM predicts: tokens, whole words, n-grams of "
+                     "words (ALBERT) or geometric spans (SpanBERT) (default token)")
     pre.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_fields(pre.add_argument_group("training (TrainConfig)"), TrainConfig)
     _add_fields(pre.add_argument_group("model (BERTConfig)"), BERTConfig, skip=("vocab_size",))
@@ -110,15 +117,19 @@ def pretrain(args) -> dict:
         shipped = args.dataset == "tinywiki"
         data = {"name": args.dataset, "data_dir": args.data_dir, "max_len": args.seq_len,
                 "min_freq": args.min_freq, "dynamic_masking": shipped if args.dynamic_masking
-                is None else args.dynamic_masking, "seed": args.seed or 0}
+                is None else args.dynamic_masking, "seed": args.seed or 0,
+                "pair_task": args.pair_task, "masking": args.masking}
         train_cfg = TrainConfig(**{**(SHIPPED_DEFAULTS if shipped else {}), **_given(args, TrainConfig)})
         vocab = None
     t0 = time.perf_counter()
     train_data = load_pretrain_dataset(**{k: v for k, v in data.items() if k != "data_dir"},
                                        data_dir=data["data_dir"], vocab=vocab,
                                        download=getattr(args, "download", False))
+    # Validation: fixed token masks (seed 0) whatever the training strategy, so that MLM losses
+    # compare between runs; the sentence-pair task is the one the model was trained on.
     val_data = load_pretrain_dataset(data["max_len"], data["name"], "valid", data["data_dir"],
-                                     vocab=train_data.vocab, seed=0)  # fixed masks: comparable runs
+                                     vocab=train_data.vocab, seed=0,
+                                     pair_task=data.get("pair_task", "nsp"))
     print(f"data: {len(train_data)} training pairs, {len(val_data)} validation pairs, "
           f"vocabulary {len(train_data.vocab)} ({time.perf_counter() - t0:.2f} s)")
     if not args.resume:

@@ -136,6 +136,23 @@ def next_sentence_pairs(corpus: Corpus, max_len: int, rng: np.random.Generator) 
     return Pairs(a[keep], b[keep], is_next[keep].astype(np.int64))
 
 
+def sentence_order_pairs(corpus: Corpus, max_len: int, rng: np.random.Generator) -> Pairs:
+    """ALBERT's sentence-order prediction: every two adjacent sentences of a paragraph, swapped
+    with probability 0.5 (`is_next` 1 = in order, 0 = swapped). Both labels see the same two
+    sentences, so topic cannot give the answer away (it can in NSP, whose random B usually
+    comes from another article); only the order can. Same length rule as `next_sentence_pairs`.
+    Explained in notebooks/07_masking_strategies.ipynb.
+    """
+    a = np.flatnonzero(corpus.paragraph[:-1] == corpus.paragraph[1:])  # sentence a has a successor
+    in_order = rng.random(len(a)) < 0.5
+    keep = corpus.lengths[a] + corpus.lengths[a + 1] + 3 <= max_len
+    first, second = np.where(in_order, a, a + 1), np.where(in_order, a + 1, a)
+    return Pairs(first[keep], second[keep], in_order[keep].astype(np.int64))
+
+
+PAIR_TASKS = {"nsp": next_sentence_pairs, "sop": sentence_order_pairs}
+
+
 def build_inputs(corpus: Corpus, pairs: Pairs, max_len: int, vocab: Vocab):
     """Token ids `<cls> A <sep> B <sep> <pad>...` (N, max_len), segment ids and valid lengths.
 
@@ -211,16 +228,24 @@ class PretrainDataset(torch.utils.data.Dataset):
     Pairs are drawn once. Masks are drawn once (`dynamic_masking=False`, the book's static
     masking) or afresh for every epoch (`dynamic_masking=True`, as in RoBERTa; the trainer calls
     `set_epoch`). Each item is a dict of the seven tensors named in `BATCH_KEYS`.
+    `pair_task="sop"` asks for sentence order instead of the next sentence, and `masking` names
+    a strategy of `bertlite.masking.MASKING` (notebooks/07_masking_strategies.ipynb).
     Explained in notebooks/03_masking.ipynb.
     """
 
     def __init__(self, corpus: Corpus, vocab: Vocab, max_len: int = 64, seed: int = 0,
-                 dynamic_masking: bool = False, **mask_options):
+                 dynamic_masking: bool = False, *, pair_task: str = "nsp", masking: str = "token",
+                 **mask_options):
+        from .masking import MASKING  # masking.py builds on mask_tokens: imported late
         if max_len < 5:
             raise ValueError(f"max_len={max_len} is too small: a pair needs <cls> a <sep> b <sep>")
+        if pair_task not in PAIR_TASKS:
+            raise ValueError(f"unknown pair_task {pair_task!r}; choose one of {list(PAIR_TASKS)}")
+        if masking not in MASKING:
+            raise ValueError(f"unknown masking {masking!r}; choose one of {list(MASKING)}")
         self.vocab, self.max_len, self.seed, self.dynamic = vocab, max_len, seed, dynamic_masking
-        self.mask_options = mask_options
-        pairs = next_sentence_pairs(corpus, max_len, np.random.default_rng([seed, 0]))
+        self.pair_task, self.masking, self.mask_options = pair_task, masking, mask_options
+        pairs = PAIR_TASKS[pair_task](corpus, max_len, np.random.default_rng([seed, 0]))
         if len(pairs.a) == 0:
             shortest = int(np.sort(corpus.lengths)[:2].sum()) + 3
             raise ValueError(f"max_len={max_len} leaves no sentence pair; raise it (the two "
@@ -241,8 +266,11 @@ class PretrainDataset(torch.utils.data.Dataset):
         """Draw the masks of this epoch (always epoch 0's with static masking)."""
         if not self.dynamic and hasattr(self, "arrays"):
             return  # static masks were drawn once, in __init__
+        from .masking import find_word_starts, mask
         rng = np.random.default_rng([self.seed, 1, epoch if self.dynamic else 0])
-        masked = mask_tokens(self.tokens, self.valid_lens, self.vocab, rng, **self.mask_options)
+        starts = None if self.masking == "token" else find_word_starts(self.tokens, self.vocab)
+        masked = mask(self.masking, self.tokens, self.valid_lens, self.vocab, rng, starts,
+                      **self.mask_options)
         arrays = {**masked, "segments": self.segments, "valid_lens": self.valid_lens,
                   "nsp_labels": self.nsp_labels}
         self.arrays = {k: torch.from_numpy(np.ascontiguousarray(arrays[k])) for k in BATCH_KEYS}
@@ -262,10 +290,12 @@ def default_min_freq(name: str) -> int:
 def load_pretrain_dataset(max_len: int = 64, name: str = SHIPPED, split: str = "train",
                           data_dir=None, vocab: Vocab | None = None, min_freq: int | None = None,
                           seed: int = 0, dynamic_masking: bool = False, download: bool = False,
+                          *, pair_task: str = "nsp", masking: str = "token",
                           **mask_options) -> PretrainDataset:
     """Read a WikiText split and build its pre-training examples (the fast path).
 
-    Pass the training vocabulary as `vocab` when loading the validation split.
+    Pass the training vocabulary as `vocab` when loading the validation split. `pair_task` and
+    `masking` choose the objectives (see `PretrainDataset`).
     Explained in notebooks/03_masking.ipynb.
     """
     text = read_text(name, split, data_dir, download)
@@ -273,7 +303,8 @@ def load_pretrain_dataset(max_len: int = 64, name: str = SHIPPED, split: str = "
     if len(corpus.lengths) == 0:
         raise ValueError(f"{name}/{split} has no paragraph of two or more sentences: is it a "
                          "WikiText file (one paragraph per line, sentences ending in ' . ')?")
-    return PretrainDataset(corpus, vocab, max_len, seed, dynamic_masking, **mask_options)
+    return PretrainDataset(corpus, vocab, max_len, seed, dynamic_masking, pair_task=pair_task,
+                           masking=masking, **mask_options)
 
 
 def load_data_wiki(batch_size: int, max_len: int = 64, shuffle: bool = True, num_workers: int = 0,
