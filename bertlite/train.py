@@ -156,7 +156,7 @@ def evaluate(net: BERTModel, dataset, batch_size: int = 512, device=None) -> dic
     net.eval()
     sums = torch.zeros(4, dtype=torch.float64)
     weight = 0.0
-    for batch in DataLoader(dataset, batch_size):
+    for batch in DataLoader(dataset, batch_size, generator=torch.Generator()):  # not the global RNG
         b = {k: v.to(device) for k, v in batch.items()}
         out = net(b["tokens"], b["segments"], b["valid_lens"], b["pred_positions"], mlm_logits=False)
         one = torch.ones((), device=device)  # denominators of 1: sums, divided at the end

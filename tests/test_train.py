@@ -105,3 +105,15 @@ def test_ddp_two_processes_match_one(tmp_path):
     out, _ = two.communicate(timeout=300)
     assert two.returncode == 0, out
     same_losses(metrics(tmp_path / "two"), metrics(tmp_path / "one"), tol=1e-5)
+
+
+def test_validating_during_training_changes_nothing(tiny):
+    """evaluate() must not draw from the global RNG: dropout of later steps would change."""
+    runs = []
+    for eval_every in (0, 1):
+        torch.manual_seed(0)
+        net = BERTModel(BERTConfig.preset("d2l", len(tiny.vocab), hidden=32, ffn_hidden=64))
+        history = train_bert(net, tiny, TrainConfig(steps=4, batch_size=32, eval_every=eval_every),
+                             val_data=tiny if eval_every else None, progress=False)
+        runs.append([r["mlm_loss"] for r in history if "eval" not in r])
+    assert runs[0] == runs[1]
