@@ -1,9 +1,7 @@
 """The shared download helpers and the IMDB reviews, on small archives built here (no network)."""
 import hashlib
-import http.server
 import io
 import tarfile
-import threading
 from pathlib import Path
 
 import pytest
@@ -96,20 +94,13 @@ def test_download_from_file_url_and_load(tmp_path, archive):
         load_imdb("valid", tmp_path / "data")
 
 
-def test_download_over_http_from_localhost(tmp_path, archive):
+def test_download_over_http_from_localhost(tmp_path, archive, serve):
     path, md5 = archive
-    handler = lambda *a: http.server.SimpleHTTPRequestHandler(*a, directory=str(path.parent))  # noqa: E731
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        base = f"http://127.0.0.1:{server.server_address[1]}"
+    with serve(path.parent) as base:
         # The first mirror answers 404: the next one is tried.
         folder = download_imdb(tmp_path / "data", mirrors=[f"{base}/missing.tar.gz", f"{base}/{ARCHIVE}"],
                                md5=md5)
-        assert (folder / "test" / "pos" / "0_10.txt").read_text() == "Loved every minute."
-    finally:
-        server.shutdown()
-        server.server_close()
+    assert (folder / "test" / "pos" / "0_10.txt").read_text() == "Loved every minute."
 
 
 def test_checksum_mismatch_leaves_nothing_behind(tmp_path, archive):

@@ -1,7 +1,5 @@
 import hashlib
-import http.server
 import io
-import threading
 import zipfile
 from pathlib import Path
 
@@ -67,19 +65,13 @@ def test_download_from_file_url(tmp_path, archive):
     assert read_wikitext("wikitext-2", "valid", tmp_path / "data") == [[["one", "."], ["two", "."]]]
 
 
-def test_download_over_http_from_localhost(tmp_path, archive):
+def test_download_over_http_from_localhost(tmp_path, archive, serve):
     path, sha1, sha256 = archive
-    handler = lambda *a: http.server.SimpleHTTPRequestHandler(*a, directory=str(path.parent))  # noqa: E731
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        base = f"http://127.0.0.1:{server.server_address[1]}"
+    with serve(path.parent) as base:
         # The first mirror answers 404: the next one is tried.
         out = download_wikitext2(tmp_path / "data", mirrors=[f"{base}/missing.zip", f"{base}/{path.name}"],
                                  sha1=sha1, file_sha256=sha256)
-        assert (out / "wiki.train.tokens").exists()
-    finally:
-        server.shutdown()
+    assert (out / "wiki.train.tokens").exists()
 
 
 def leftovers(folder: Path):
