@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader
 
 from .loss import nsp_accuracy, nsp_loss
 from .model import BERTModel, Dropout
-from .train import TrainConfig, _autocast, devices, get_lr, make_optimizer
+from .train import TrainConfig, _autocast, devices, get_lr, make_optimizer, optimizer_step
 from .wikitext import SHIPPED, parse_wikitext, read_text, wikitext_path
 
 
@@ -277,13 +277,7 @@ def finetune(classifier: BERTClassifier, train_data, cfg: TrainConfig, val_data=
                 with _autocast(device, cfg.precision):
                     logits = classifier(b["tokens"], b["segments"], b["valid_lens"])  # (B, C)
                     loss = nsp_loss(logits, b["label"])
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                if cfg.clip_grad:
-                    scaler.unscale_(optimizer)
-                    nn.utils.clip_grad_norm_(classifier.parameters(), cfg.clip_grad)
-                scaler.step(optimizer)
-                scaler.update()
+                optimizer_step(loss, optimizer, scaler, classifier.parameters(), cfg.clip_grad)
                 step += 1
                 history.append({"step": step, "loss": loss.item(), "lrs": lrs, "trainable": n,
                                 "acc": nsp_accuracy(logits.detach(), b["label"]).item()})

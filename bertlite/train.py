@@ -101,6 +101,18 @@ def _autocast(device: torch.device, precision: str):
                           enabled=dtypes[precision] is not None)
 
 
+def optimizer_step(loss, optimizer, scaler, parameters, clip_grad: float = 0.0) -> None:
+    """Backward and one update: gradients scaled for fp16 (a no-op otherwise), optionally
+    clipped to norm `clip_grad`, then the step. Shared by pre-training and fine-tuning."""
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    if clip_grad:
+        scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+        nn.utils.clip_grad_norm_(parameters, clip_grad)
+    scaler.step(optimizer)
+    scaler.update()
+
+
 def save_checkpoint(path, net: BERTModel, optimizer, scaler, step: int, cfg: TrainConfig,
                     history: list) -> None:
     """Everything needed to continue exactly, written to a temporary file and renamed."""
@@ -245,13 +257,7 @@ def train_bert(net: BERTModel, train_data, cfg: TrainConfig, val_data=None, run_
                 out = model(b["tokens"], b["segments"], b["valid_lens"], b["pred_positions"],
                             mlm_logits=not cfg.fused_loss)
                 loss = pretrain_loss(out, b, net.mlm.decoder, totals[0], totals[1])
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss.total * world).backward()
-            if cfg.clip_grad:
-                scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(net.parameters(), cfg.clip_grad)
-            scaler.step(optimizer)
-            scaler.update()
+            optimizer_step(loss.total * world, optimizer, scaler, net.parameters(), cfg.clip_grad)
             metrics = _all_sum(torch.stack(loss[1:]).detach().float()).tolist()
             step += 1
             now = time.perf_counter()
