@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .data import mask_tokens
+from .data import mask_tokens, maskable_positions, prediction_budget, replace_predicted
 from .vocab import Vocab
 
 
@@ -45,14 +45,6 @@ def geometric_probs(p: float = 0.2, max_len: int = 10) -> np.ndarray:
         raise ValueError(f"need 0 < p <= 1 and max_len >= 1, got p={p}, max_len={max_len}")
     probs = p * (1 - p) ** np.arange(max_len)
     return probs / probs.sum()
-
-
-def _maskable(tokens, valid_lens, vocab, never_mask):
-    """What `mask_tokens` may choose: inside the valid length, not special, not `never_mask`."""
-    never = np.zeros(len(vocab), bool)
-    never[vocab.specials] = True
-    never[list(never_mask)] = True
-    return (np.arange(tokens.shape[1]) < np.asarray(valid_lens)[:, None]) & ~never[tokens]
 
 
 def _words(maskable, starts, pad):
@@ -100,10 +92,8 @@ def choose_spans(tokens, valid_lens, vocab: Vocab, rng: np.random.Generator, wor
     if starts.shape != tokens.shape:
         raise ValueError(f"word_starts has shape {starts.shape}; it must match the tokens' "
                          f"{tokens.shape}")
-    maskable = _maskable(tokens, valid_lens, vocab, never_mask)      # (N, T)
-    n_maskable = maskable.sum(1)
-    budget = np.minimum(np.maximum(1, np.round(mask_prob * n_maskable)), n_maskable)
-    budget = np.minimum(budget, max_preds).astype(np.int64)          # (N,) as in mask_tokens
+    maskable = maskable_positions(tokens, valid_lens, vocab, never_mask)  # (N, T)
+    budget = prediction_budget(maskable, mask_prob, max_preds)           # (N,) as in mask_tokens
     longest = len(probs)
     # Word tables (N, W + longest): the extra columns are never free, so a span that would run
     # past a row's last word never fits.
@@ -144,9 +134,6 @@ def replace_chosen(tokens, spans, vocab: Vocab, rng: np.random.Generator, mask_t
     SpanBERT: a span is all `<mask>`, all random tokens or all kept). `max_preds` defaults to
     round(0.15 * T), as in `mask_tokens`. Explained in notebooks/07_masking_strategies.ipynb.
     """
-    if not (min(mask_token_prob, random_token_prob) >= 0
-            and mask_token_prob + random_token_prob <= 1):
-        raise ValueError("need mask_token_prob, random_token_prob >= 0 with a sum <= 1")
     tokens, spans = np.asarray(tokens), np.asarray(spans)
     n, t = tokens.shape
     max_preds = round(0.15 * t) if max_preds is None else max_preds
@@ -156,22 +143,13 @@ def replace_chosen(tokens, spans, vocab: Vocab, rng: np.random.Generator, mask_t
     order = np.pad(order, ((0, 0), (0, max(0, max_preds - t))), constant_values=t)
     positions = order[:, :max_preds]                                 # (N, P)
     real = positions < t                                             # (N, P) real slot or padding
-    positions = np.where(real, positions, 0)
-    rows = np.arange(n)[:, None]
-    labels = np.where(real, tokens[rows, positions], 0)
+    u = None
     if per_span:  # one draw per span number, read by every token of the span
-        u = rng.random((n, spans.max(initial=0) + 1))[rows, spans[rows, positions]]
-    else:
-        u = rng.random((n, max_preds))
-    special = np.zeros(len(vocab), bool)
-    special[vocab.specials] = True
-    replacement = np.where(u < mask_token_prob, vocab["<mask>"],
-                           np.where(u < mask_token_prob + random_token_prob,
-                                    rng.choice(np.flatnonzero(~special), (n, max_preds)), labels))
-    masked = tokens.copy()
-    masked[rows, positions] = np.where(real, replacement, masked[rows, positions])
-    return {"tokens": masked, "pred_positions": positions, "mlm_weights": real.astype(np.float32),
-            "mlm_labels": labels}
+        rows = np.arange(n)[:, None]
+        span_of = spans[rows, np.where(real, positions, 0)]           # (N, P)
+        u = rng.random((n, spans.max(initial=0) + 1))[rows, span_of]
+    return replace_predicted(tokens, positions, real, vocab, rng, mask_token_prob,
+                             random_token_prob, u)
 
 
 def _word_mask(tokens, valid_lens, vocab, rng, word_starts, length_probs, per_span, mask_prob,
