@@ -16,7 +16,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from .loss import nsp_accuracy, nsp_loss
-from .model import BERTModel, Dropout
+from .model import BERTModel, Dropout, evaluating
 from .train import TrainConfig, _autocast, devices, get_lr, make_optimizer, optimizer_step
 from .wikitext import SHIPPED, parse_wikitext, read_text, wikitext_path
 
@@ -225,22 +225,20 @@ def make_group_optimizer(groups: dict, cfg: TrainConfig) -> torch.optim.Optimize
 
 # ---- Training and evaluation -----------------------------------------------------------------
 
-@torch.no_grad()
 def evaluate_classifier(classifier: nn.Module, dataset, batch_size: int = 512, device=None) -> dict:
     """{"loss", "acc"}: cross-entropy and accuracy over a whole dataset, in eval mode.
     Explained in notebooks/09_fine_tuning.ipynb."""
     device = device or next(classifier.parameters()).device
-    was_training = classifier.training
-    classifier.eval()
     sums = torch.zeros(2, dtype=torch.float64)
     # Its own generator: a DataLoader without one takes a draw from the global generator, so
     # validating would change the dropout draws of the training steps that follow.
-    for batch in DataLoader(dataset, batch_size, generator=torch.Generator()):
-        b = {k: v.to(device) for k, v in batch.items()}
-        logits = classifier(b["tokens"], b["segments"], b["valid_lens"])
-        # nsp_loss and nsp_accuracy are plain cross-entropy and accuracy, for any number of classes
-        sums += torch.stack([nsp_loss(logits, b["label"], 1), nsp_accuracy(logits, b["label"], 1)]).cpu()
-    classifier.train(was_training)
+    with evaluating(classifier):
+        for batch in DataLoader(dataset, batch_size, generator=torch.Generator()):
+            b = {k: v.to(device) for k, v in batch.items()}
+            logits = classifier(b["tokens"], b["segments"], b["valid_lens"])
+            # nsp_loss and nsp_accuracy: plain cross-entropy and accuracy, for any number of classes
+            sums += torch.stack([nsp_loss(logits, b["label"], 1),
+                                 nsp_accuracy(logits, b["label"], 1)]).cpu()
     loss, acc = (sums / len(dataset)).tolist()
     return {"loss": loss, "acc": acc}
 

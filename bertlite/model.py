@@ -7,6 +7,7 @@ P = predicted positions per sequence, V = vocabulary size.
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from typing import NamedTuple
 
@@ -266,6 +267,19 @@ class BERTModel(nn.Module):
         return B, T
 
 
+@contextmanager
+def evaluating(net: nn.Module):
+    """Eval mode (dropout off) without gradients for the `with` block, then the mode it had:
+    what every use of a trained model needs, and what the book's "crane" demo forgets."""
+    was_training = net.training
+    net.eval()
+    try:
+        with torch.no_grad():
+            yield net
+    finally:
+        net.train(was_training)
+
+
 def get_bert_encoding(net: BERTModel, vocab, tokens_a, tokens_b=None):
     """Contextual representations (T, H) of `<cls> a <sep> [b <sep>]`, in eval mode without
     gradients (the book's demo forgets both, so dropout changes its numbers on every run).
@@ -275,14 +289,9 @@ def get_bert_encoding(net: BERTModel, vocab, tokens_a, tokens_b=None):
     from .data import tokens_and_segments
     tokens, segments = tokens_and_segments(tokens_a, tokens_b)
     device = next(net.parameters()).device
-    was_training = net.training
-    net.eval()
-    try:
-        with torch.no_grad():
-            ids = torch.tensor([vocab[tokens]], device=device)
-            return net.encode(ids, torch.tensor([segments], device=device))[0]
-    finally:
-        net.train(was_training)
+    with evaluating(net):
+        ids = torch.tensor([vocab[tokens]], device=device)
+        return net.encode(ids, torch.tensor([segments], device=device))[0]
 
 
 def count_parameters(net: nn.Module) -> int:

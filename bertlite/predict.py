@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from .data import tokens_and_segments
+from .model import evaluating
 from .train import evaluate
 
 
@@ -76,16 +77,11 @@ def fill_mask(model, vocab_or_tokenizer, text: str, top_k: int = 5, text_pair: s
                          f"{config.vocab_size}: use the tokenizer the model was trained with")
 
     device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()  # dropout off: the same text always gives the same answer
-    try:
-        with torch.no_grad():
-            out = model(torch.tensor([ids], device=device),               # (1, T)
-                        torch.tensor([segments], device=device),          # (1, T)
-                        torch.tensor([len(ids)], device=device),          # (1,) no padding
-                        torch.tensor([positions], device=device))         # (1, M) the masks
-    finally:
-        model.train(was_training)
+    with evaluating(model):  # dropout off: the same text always gives the same answer
+        out = model(torch.tensor([ids], device=device),               # (1, T)
+                    torch.tensor([segments], device=device),          # (1, T)
+                    torch.tensor([len(ids)], device=device),          # (1,) no padding
+                    torch.tensor([positions], device=device))         # (1, M) the masks
     probs = out.mlm_logits[0].float().softmax(dim=-1)                     # (M, V)
     scores, best = probs.topk(min(top_k, probs.shape[-1]), dim=-1)        # (M, k) each
     to_tokens = (getattr(vocab_or_tokenizer, "convert_ids_to_tokens", None)

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from .loss import fused_mlm_loss, nsp_accuracy, nsp_loss, pretrain_loss
-from .model import BERTConfig, BERTModel
+from .model import BERTConfig, BERTModel, evaluating
 
 METRICS = ("mlm_loss", "nsp_loss", "mlm_acc", "nsp_acc")
 
@@ -157,27 +157,26 @@ def load_pretrained(folder):
     return net.eval(), Vocab.load(folder / "vocab.txt")
 
 
-@torch.no_grad()
 def evaluate(net: BERTModel, dataset, batch_size: int = 512, device=None) -> dict:
     """MLM loss over real masked tokens (and its perplexity), MLM accuracy, NSP loss and accuracy
     on a whole dataset, in eval mode. Build the dataset with a fixed seed to compare runs.
     Explained in notebooks/06_pretraining.ipynb.
     """
     device = device or next(net.parameters()).device
-    was_training = net.training
-    net.eval()
     sums = torch.zeros(4, dtype=torch.float64)
     weight = 0.0
-    for batch in DataLoader(dataset, batch_size, generator=torch.Generator()):  # not the global RNG
-        b = {k: v.to(device) for k, v in batch.items()}
-        out = net(b["tokens"], b["segments"], b["valid_lens"], b["pred_positions"], mlm_logits=False)
-        one = torch.ones((), device=device)  # denominators of 1: sums, divided at the end
-        mlm, mlm_acc = fused_mlm_loss(out.mlm_hidden, net.mlm.decoder, b["mlm_labels"],
-                                      b["mlm_weights"], total_weight=one)
-        nsp = nsp_loss(out.nsp_logits, b["nsp_labels"], total=1)
-        sums += torch.stack([mlm, nsp, mlm_acc, nsp_accuracy(out.nsp_logits, b["nsp_labels"], 1)]).cpu()
-        weight += b["mlm_weights"].sum().item()
-    net.train(was_training)
+    with evaluating(net):
+        for batch in DataLoader(dataset, batch_size, generator=torch.Generator()):  # not the global RNG
+            b = {k: v.to(device) for k, v in batch.items()}
+            out = net(b["tokens"], b["segments"], b["valid_lens"], b["pred_positions"],
+                      mlm_logits=False)
+            one = torch.ones((), device=device)  # denominators of 1: sums, divided at the end
+            mlm, mlm_acc = fused_mlm_loss(out.mlm_hidden, net.mlm.decoder, b["mlm_labels"],
+                                          b["mlm_weights"], total_weight=one)
+            nsp = nsp_loss(out.nsp_logits, b["nsp_labels"], total=1)
+            sums += torch.stack([mlm, nsp, mlm_acc,
+                                 nsp_accuracy(out.nsp_logits, b["nsp_labels"], 1)]).cpu()
+            weight += b["mlm_weights"].sum().item()
     mlm, nsp, mlm_acc, nsp_acc = (sums / torch.tensor([weight, len(dataset), weight, len(dataset)])).tolist()
     return {"mlm_loss": mlm, "perplexity": math.exp(mlm), "mlm_acc": mlm_acc, "nsp_loss": nsp,
             "nsp_acc": nsp_acc}
