@@ -8,7 +8,6 @@ from __future__ import annotations
 import csv
 import math
 from dataclasses import dataclass
-from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -17,7 +16,7 @@ from torch.utils.data import DataLoader
 
 from .loss import nsp_accuracy, nsp_loss
 from .model import BERTModel, Dropout, evaluating
-from .train import TrainConfig, _autocast, devices, get_lr, make_optimizer, optimizer_step
+from .train import TrainConfig, autocast, devices, get_lr, make_optimizer, optimizer_step
 from .wikitext import SHIPPED, parse_wikitext, read_text, wikitext_path
 
 
@@ -216,9 +215,7 @@ def make_group_optimizer(groups: dict, cfg: TrainConfig) -> torch.optim.Optimize
     Explained in notebooks/09_fine_tuning.ipynb."""
     param_groups = []
     for depth, named in enumerate(groups.values()):
-        # make_optimizer reads only these two methods of a network
-        view = SimpleNamespace(named_parameters=named.items, parameters=named.values)
-        part = make_optimizer(view, cfg)
+        part = make_optimizer(named.items(), cfg)
         param_groups += [{**g, "depth": depth} for g in part.param_groups if g["params"]]
     return type(part)(param_groups, lr=cfg.lr)
 
@@ -272,7 +269,7 @@ def finetune(classifier: BERTClassifier, train_data, cfg: TrainConfig, val_data=
                 for g in optimizer.param_groups:
                     g["lr"] = lrs[g["depth"]]
                 b = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-                with _autocast(device, cfg.precision):
+                with autocast(device, cfg.precision):
                     logits = classifier(b["tokens"], b["segments"], b["valid_lens"])  # (B, C)
                     loss = nsp_loss(logits, b["label"])
                 optimizer_step(loss, optimizer, scaler, classifier.parameters(), cfg.clip_grad)

@@ -67,12 +67,14 @@ def get_lr(step: int, cfg: TrainConfig) -> float:
     raise ValueError(f"unknown schedule {cfg.schedule!r}; choose 'constant' or 'linear'")
 
 
-def make_optimizer(net: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+def make_optimizer(named_parameters, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """Adam or AdamW over (name, parameter) pairs, e.g. `net.named_parameters()`."""
+    named = list(named_parameters)
     if cfg.optimizer == "adam":
-        return torch.optim.Adam(net.parameters(), lr=cfg.lr)
+        return torch.optim.Adam([p for _, p in named], lr=cfg.lr)
     if cfg.optimizer == "adamw":  # no decay on biases, LayerNorm gains or embeddings' rows
-        decay = [p for n, p in net.named_parameters() if p.dim() == 2 and "embeddings" not in n]
-        rest = [p for n, p in net.named_parameters() if not (p.dim() == 2 and "embeddings" not in n)]
+        decay = [p for n, p in named if p.dim() == 2 and "embeddings" not in n]
+        rest = [p for n, p in named if not (p.dim() == 2 and "embeddings" not in n)]
         return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                                   {"params": rest, "weight_decay": 0.0}], lr=cfg.lr)
     raise ValueError(f"unknown optimizer {cfg.optimizer!r}; choose 'adam' or 'adamw'")
@@ -93,7 +95,8 @@ def _all_sum(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def _autocast(device: torch.device, precision: str):
+def autocast(device: torch.device, precision: str):
+    """Autocast for a precision name: "fp32" (off), "bf16" or "fp16"."""
     dtypes = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
     if precision not in dtypes:
         raise ValueError(f"unknown precision {precision!r}; choose one of {list(dtypes)}")
@@ -205,7 +208,7 @@ def train_bert(net: BERTModel, train_data, cfg: TrainConfig, val_data=None, run_
     sampler = DistributedSampler(train_data, world, rank, shuffle=True, seed=cfg.seed)
     loader = DataLoader(train_data, cfg.batch_size // world, sampler=sampler,
                         generator=torch.Generator().manual_seed(cfg.seed))  # not the global RNG
-    optimizer = make_optimizer(net, cfg)
+    optimizer = make_optimizer(net.named_parameters(), cfg)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
     run_dir = Path(run_dir) if run_dir else None
     writer = rank == 0 and run_dir is not None
@@ -252,7 +255,7 @@ def train_bert(net: BERTModel, train_data, cfg: TrainConfig, val_data=None, run_
             # global loss; DDP averages gradients, hence the factor `world` below.
             totals = _all_sum(torch.stack([b["mlm_weights"].sum(), torch.tensor(
                 float(len(b["nsp_labels"])), device=device)]))
-            with _autocast(device, cfg.precision):
+            with autocast(device, cfg.precision):
                 out = model(b["tokens"], b["segments"], b["valid_lens"], b["pred_positions"],
                             mlm_logits=not cfg.fused_loss)
                 loss = pretrain_loss(out, b, net.mlm.decoder, totals[0], totals[1])
