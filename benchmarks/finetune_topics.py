@@ -4,6 +4,7 @@ initialised one of the same shape, fine-tuned by the same recipe with the same s
 
     python benchmarks/finetune_topics.py [--pretrained data/pretrained/tinywiki-d2l]
         [--seeds 0 1 2] [--steps 150] [--lr LR] [--pooling cls mean] [--recipes plain ulmfit]
+        [--json data/results/finetune_topics.json]
 
 `--pretrained` is a folder written by `bertlite.train.save_pretrained` (model.pt, config.json,
 vocab.txt) or a pre-training run directory (checkpoint.pt, vocab.txt). Two recipes: "plain"
@@ -11,12 +12,15 @@ vocab.txt) or a pre-training run directory (checkpoint.pt, vocab.txt). Two recip
 (discriminative rates, slanted triangular rates and gradual unfreezing, peak 1e-2 as in the
 paper), both with AdamW; each with the pooled `<cls>` state or the mean
 of the last hidden states. Baselines: the majority class, and a bag-of-words logistic regression
-(what a model that only counts words reaches). Prints accuracies; asserts nothing.
+(what a model that only counts words reaches). Prints accuracies; asserts nothing. With
+`--json` it also writes them, with the command, to a file (notebook 09 reads the shipped one).
 """
 import argparse
 import copy
 import itertools
+import json
 import statistics
+import sys
 from pathlib import Path
 
 import torch
@@ -75,6 +79,7 @@ def main():
     parser.add_argument("--max-len", type=int, default=64)
     parser.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES))
     parser.add_argument("--pooling", nargs="+", default=["cls", "mean"], choices=["cls", "mean"])
+    parser.add_argument("--json", type=Path, help="also write the results to this file")
     args = parser.parse_args()
     if not args.pretrained.exists():
         raise SystemExit(f"{args.pretrained} not found: pass --pretrained FOLDER (a folder from "
@@ -91,6 +96,10 @@ def main():
         acc = (data[split].arrays["label"] == majority).float().mean().item()
         print(f"majority class ({data['train'].categories[majority]}): {split} accuracy {acc:.3f}")
     bow = bag_of_words(data, len(vocab))
+    results = {"command": "python benchmarks/finetune_topics.py " + " ".join(sys.argv[1:]),
+               "majority": {s: (data[s].arrays["label"] == majority).float().mean().item()
+                            for s in ("valid", "test")},
+               "bag_of_words": bow, "rows": []}
     print(f"bag-of-words logistic regression: train {bow['train']:.3f}, valid {bow['valid']:.3f}, "
           f"test {bow['test']:.3f}")
     print(f"fine-tuning: {args.steps} steps of {args.batch_size}, peak rate "
@@ -116,6 +125,12 @@ def main():
             test.append(evaluate_classifier(net, data["test"])["acc"])
         print(f"{encoder:11s} {pooling:7s} {recipe:7s} {mean_sd(valid):>15s} {mean_sd(test):>15s}   "
               + " ".join(f"{x:.3f}" for x in test), flush=True)
+        results["rows"].append({"encoder": encoder, "pooling": pooling, "recipe": recipe,
+                                "seeds": args.seeds, "valid": valid, "test": test})
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=1) + "\n")
+        print(f"wrote {args.json}")
 
 
 if __name__ == "__main__":
