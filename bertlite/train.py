@@ -161,9 +161,9 @@ class Interrupted(Exception):
     """Training stopped by SIGINT or SIGTERM once the step in progress had finished and the
     checkpoint was written: `signum` names the signal, `step` the steps done."""
 
-    def __init__(self, signum: int, step: int):
+    def __init__(self, signum: int, step: int, run_dir=None):
         super().__init__(f"stopped by {signal.Signals(signum).name} after step {step}")
-        self.signum, self.step = signum, step
+        self.signum, self.step, self.run_dir = signum, step, run_dir
 
 
 @contextmanager
@@ -382,7 +382,7 @@ def train_bert(net: BERTModel, train_data, cfg: TrainConfig, val_data=None, run_
                     break
                 if stop:
                     bar.close()
-                    raise Interrupted(signals[0] if signals else signal.SIGTERM, step)
+                    raise Interrupted(signals[0] if signals else signal.SIGTERM, step, run_dir)
                 t0 = time.perf_counter()
     bar.close()
     return history
