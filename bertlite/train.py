@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import pickle
 import signal
 import sys
 import threading
@@ -151,7 +152,7 @@ def save_checkpoint(path, net: BERTModel, optimizer, scaler, step: int, cfg: Tra
         os.replace(tmp, path)  # a crash leaves the previous checkpoint whole
     except RuntimeError as e:  # torch's writer reports a full disk as a RuntimeError
         raise OSError(f"could not write {path} ({str(e).splitlines()[0]}): is the disk full? "
-                      "The previous checkpoint is kept") from None
+                      "Free some space and resume; the previous checkpoint is kept") from None
     finally:
         if tmp.exists():
             tmp.unlink()  # no half-written file left on a full disk
@@ -201,8 +202,13 @@ def _load(path, map_location="cpu", keys=()) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found (or not a file)")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # noqa: BLE001: UnpicklingError, EOFError, RuntimeError, ...
+        with warnings.catch_warnings():  # torch warns about pickle protocols before refusing
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:
+        raise ValueError(f"{path} holds Python objects, not only tensors: refused, since loading "
+                         "it could run code. Use a file that bertlite wrote") from None
+    except Exception as e:  # noqa: BLE001: EOFError, RuntimeError, ... for a cut or foreign file
         first = (str(e).splitlines() or [type(e).__name__])[0]
         raise ValueError(f"{path} is not a readable bertlite file ({first[:200]}): restore it "
                          "or train again") from None
