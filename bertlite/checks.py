@@ -1,12 +1,17 @@
-"""Checks at the point where a value enters: config fields, text files, JSON files.
+"""Checks at the point where a value enters (config fields, text, JSON and torch files), and
+the one-line message a user's error becomes.
 
 A wrong value caught here gives one sentence naming the value and the fix; caught later, it is a
 KeyError deep inside, or worse, a run that trains on silently wrong numbers.
 """
 from __future__ import annotations
 
+import errno
 import json
 import math
+import os
+import pickle
+import warnings
 from dataclasses import fields
 from pathlib import Path
 
@@ -81,3 +86,66 @@ def read_json(path, keys=()) -> dict:
     if missing:
         raise ValueError(f"{path} lacks {', '.join(missing)}: not a file bertlite wrote, or edited")
     return obj
+
+
+def write_atomic(path, text: str) -> None:
+    """Write `text` to a temporary file beside `path`, then rename: `path` is whole, old or new,
+    whatever happens (a full disk, a kill), and no temporary file is left behind."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def load_torch(path, map_location="cpu", keys=()) -> dict:
+    """`torch.load` with weights only (no pickled code runs), and one clear error for a missing,
+    empty, cut-short, foreign or hostile file (torch raises a different exception for each)."""
+    import torch
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found (or not a file)")
+    try:
+        with warnings.catch_warnings():  # torch warns about pickle protocols before refusing
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:
+        raise ValueError(f"{path} holds Python objects, not only tensors: refused, since loading "
+                         "it could run code. Use a file that bertlite wrote") from None
+    except Exception as e:  # noqa: BLE001: EOFError, RuntimeError, ... for a cut or foreign file
+        first = (str(e).splitlines() or [type(e).__name__])[0]
+        raise ValueError(f"{path} is not a readable bertlite file ({first[:200]}): restore it "
+                         "or train again") from None
+    missing = [k for k in keys if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise ValueError(f"{path} lacks {', '.join(missing)}: not a bertlite checkpoint")
+    return state
+
+
+def config_from_file(path, section=None):
+    """The model config in a `config.json` (or its `section`), with errors naming the file."""
+    from .model import BERTConfig
+    obj = read_json(path, [section] if section else [])
+    try:
+        return BERTConfig(**(obj[section] if section else obj))
+    except (TypeError, ValueError) as e:  # an unknown key, or a value out of range
+        raise ValueError(f"{path}: {e}: not a bertlite model config, or edited") from None
+
+
+HINTS = {errno.ENOSPC: "free some space, or write elsewhere", errno.EACCES: "check its permissions",
+         errno.EPERM: "check its permissions", errno.EROFS: "write elsewhere",
+         errno.EISDIR: "a file was expected there", errno.ENOTDIR: "a folder was expected there",
+         errno.ENOENT: "check the path"}
+
+
+def one_line(e: BaseException) -> str:
+    """The message of a user's error as one line that names the input (for OSErrors, the file)."""
+    if isinstance(e, OSError) and e.filename is not None:  # from open(), mkdir(), ...
+        text = f"{e.filename}: {e.strerror or e}"
+        if e.errno in HINTS:
+            text += f": {HINTS[e.errno]}"
+    else:
+        text = str(e) or type(e).__name__
+    return " ".join(text.split())

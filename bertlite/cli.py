@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import errno
 import json
 import os
 import sys
@@ -20,10 +19,11 @@ import traceback
 import warnings
 from pathlib import Path
 
-from .checks import ConfigError, flag, read_json
+from .checks import ConfigError, config_from_file, flag, one_line, read_json, write_atomic
 from .masking import MASKING
 from .model import BERTConfig
-from .train import Interrupted, TrainConfig, config_from_file
+from .rundir import Interrupted
+from .train import TrainConfig
 
 HELP = {  # one line per config field: every field is a flag
     "steps": "training steps (batches)", "batch_size": "global batch size (sentence pairs)",
@@ -154,12 +154,6 @@ def _resume_config(args):
     return data, model_cfg, train_cfg, saved
 
 
-def _write_json(path, obj) -> None:
-    tmp = Path(path).with_name(Path(path).name + ".tmp")  # replaced whole, never half-written
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
 def pretrain(args) -> dict:
     import torch
 
@@ -210,7 +204,8 @@ def pretrain(args) -> dict:
     print(f"data: {len(train_data)} training pairs, {len(val_data)} validation pairs, "
           f"vocabulary {len(train_data.vocab)} ({time.perf_counter() - t0:.2f} s)")
     if args.resume:
-        changes = {k: v for k, v in dataclasses.asdict(train_cfg).items() if v != saved["train"][k]}
+        changes = {k: v for k, v in dataclasses.asdict(train_cfg).items()
+                   if v != saved["train"].get(k)}
         config = {**saved, "train": dataclasses.asdict(train_cfg), "data": data}
         if changes:  # so that a later resume, and the reader, know what this run really did
             config["changes"] = [*saved.get("changes", []), {"at_step": done, **changes}]
@@ -219,11 +214,11 @@ def pretrain(args) -> dict:
                                       **_given(args, BERTConfig))
         config = {"data": data, "model": model_cfg.to_dict(), "train": dataclasses.asdict(train_cfg),
                   "preset": args.preset or "d2l"}
-    with claiming(run_dir, new=not args.resume) if rank0 else _nothing():
+    with claiming(run_dir, new=not args.resume) if rank0 else contextlib.nullcontext():
         if rank0:
             if not args.resume:
                 train_data.vocab.save(run_dir / "vocab.txt")
-            _write_json(run_dir / "config.json", config)
+            write_atomic(run_dir / "config.json", json.dumps(config, indent=2) + "\n")
         torch.manual_seed(train_cfg.seed)
         net = BERTModel(model_cfg)
         history = train_bert(net, train_data, train_cfg, val_data, run_dir,
@@ -250,28 +245,6 @@ def data_summary(args) -> None:
     print(f"{args.dataset}: {len(ds)} sentence pairs of at most {args.seq_len} tokens, vocabulary "
           f"{len(ds.vocab)}, {ds.nsp_labels.mean():.1%} 'is next', "
           f"{ds.arrays['mlm_weights'].sum(1).mean():.2f} predictions per pair, built in {seconds:.2f} s")
-
-
-@contextlib.contextmanager
-def _nothing():
-    yield
-
-
-HINTS = {errno.ENOSPC: "free some space, or write elsewhere", errno.EACCES: "check its permissions",
-         errno.EPERM: "check its permissions", errno.EROFS: "write elsewhere",
-         errno.EISDIR: "a file was expected there", errno.ENOTDIR: "a folder was expected there",
-         errno.ENOENT: "check the path"}
-
-
-def one_line(e: BaseException) -> str:
-    """The message of a user's error as one line that names the input (for OSErrors, the file)."""
-    if isinstance(e, OSError) and e.filename is not None:  # from open(), mkdir(), ...
-        text = f"{e.filename}: {e.strerror or e}"
-        if e.errno in HINTS:
-            text += f": {HINTS[e.errno]}"
-    else:
-        text = str(e) or type(e).__name__
-    return " ".join(text.split())
 
 
 def main(argv=None) -> None:

@@ -7,6 +7,8 @@ overwrote the files there, and two runs writing one folder interleaved their met
 from __future__ import annotations
 
 import os
+import signal
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -61,3 +63,35 @@ def claiming(run_dir, new: bool):
                    f"`python -m bertlite pretrain --resume {run_dir}`\n")
         mark.flush()
         yield run_dir
+
+
+class Interrupted(Exception):
+    """Training stopped by SIGINT or SIGTERM once the step in progress had finished and the
+    checkpoint was written: `signum` names the signal, `step` the steps done."""
+
+    def __init__(self, signum: int, step: int, run_dir=None):
+        super().__init__(f"stopped by {signal.Signals(signum).name} after step {step}")
+        self.signum, self.step, self.run_dir = signum, step, run_dir
+
+
+@contextmanager
+def stopping_on_signals(enabled: bool = True):
+    """Within the block, SIGINT (Ctrl-C) and SIGTERM append to the yielded list instead of
+    killing: the trainer finishes its step, checkpoints and raises `Interrupted`. A second
+    signal gets the usual behaviour at once (the last checkpoint stays whole)."""
+    got, previous = [], {}
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield got  # signal handlers can only be set from the main thread
+        return
+
+    def handler(signum, frame):
+        got.append(signum)
+        signal.signal(signum, previous[signum] or signal.SIG_DFL)
+
+    for s in (signal.SIGINT, signal.SIGTERM):
+        previous[s] = signal.signal(s, handler)
+    try:
+        yield got
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h or signal.SIG_DFL)

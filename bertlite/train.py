@@ -10,13 +10,10 @@ from __future__ import annotations
 import json
 import math
 import os
-import pickle
 import signal
 import sys
-import threading
 import time
 import warnings
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -26,9 +23,11 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
-from .checks import check_choice, check_range, check_types, read_json
+from .checks import (check_choice, check_range, check_types, config_from_file, load_torch,
+                     write_atomic)
 from .loss import fused_mlm_loss, nsp_accuracy, nsp_loss, pretrain_loss
 from .model import BERTConfig, BERTModel, evaluating
+from .rundir import Interrupted, stopping_on_signals
 
 METRICS = ("mlm_loss", "nsp_loss", "mlm_acc", "nsp_acc")
 
@@ -158,68 +157,13 @@ def save_checkpoint(path, net: BERTModel, optimizer, scaler, step: int, cfg: Tra
             tmp.unlink()  # no half-written file left on a full disk
 
 
-class Interrupted(Exception):
-    """Training stopped by SIGINT or SIGTERM once the step in progress had finished and the
-    checkpoint was written: `signum` names the signal, `step` the steps done."""
-
-    def __init__(self, signum: int, step: int, run_dir=None):
-        super().__init__(f"stopped by {signal.Signals(signum).name} after step {step}")
-        self.signum, self.step, self.run_dir = signum, step, run_dir
-
-
-@contextmanager
-def stopping_on_signals(enabled: bool = True):
-    """Within the block, SIGINT (Ctrl-C) and SIGTERM append to the yielded list instead of
-    killing: the trainer finishes its step, checkpoints and raises `Interrupted`. A second
-    signal gets the usual behaviour at once (the last checkpoint stays whole)."""
-    got, previous = [], {}
-    if not enabled or threading.current_thread() is not threading.main_thread():
-        yield got  # signal handlers can only be set from the main thread
-        return
-
-    def handler(signum, frame):
-        got.append(signum)
-        signal.signal(signum, previous[signum] or signal.SIG_DFL)
-
-    for s in (signal.SIGINT, signal.SIGTERM):
-        previous[s] = signal.signal(s, handler)
-    try:
-        yield got
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h or signal.SIG_DFL)
-
-
 def load_checkpoint(path, map_location="cpu") -> dict:
     """A checkpoint written by `save_checkpoint` (no pickled code is run)."""
-    return _load(path, map_location, keys=("model", "optimizer", "scaler", "step", "history"))
-
-
-def _load(path, map_location="cpu", keys=()) -> dict:
-    """`torch.load` with weights only, and one clear error for a missing, empty, cut-short,
-    foreign or hostile file (torch raises a different exception for each)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found (or not a file)")
-    try:
-        with warnings.catch_warnings():  # torch warns about pickle protocols before refusing
-            warnings.simplefilter("ignore")
-            state = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError:
-        raise ValueError(f"{path} holds Python objects, not only tensors: refused, since loading "
-                         "it could run code. Use a file that bertlite wrote") from None
-    except Exception as e:  # noqa: BLE001: EOFError, RuntimeError, ... for a cut or foreign file
-        first = (str(e).splitlines() or [type(e).__name__])[0]
-        raise ValueError(f"{path} is not a readable bertlite file ({first[:200]}): restore it "
-                         "or train again") from None
-    missing = [k for k in keys if not isinstance(state, dict) or k not in state]
-    if missing:
-        raise ValueError(f"{path} lacks {', '.join(missing)}: not a bertlite checkpoint")
-    return state
+    return load_torch(path, map_location, keys=("model", "optimizer", "scaler", "step", "history"))
 
 
 def model_from_checkpoint(path) -> BERTModel:
-    state = _load(path, keys=("model", "model_config"))
+    state = load_torch(path, keys=("model", "model_config"))
     net = BERTModel(BERTConfig(**state["model_config"]))
     net.load_state_dict(state["model"])
     return net
@@ -242,17 +186,8 @@ def load_pretrained(folder):
     config = config_from_file(folder / "config.json")
     vocab = Vocab.load(folder / "vocab.txt", size=config.vocab_size)
     net = BERTModel(config)
-    net.load_state_dict(_load(folder / "model.pt"))
+    net.load_state_dict(load_torch(folder / "model.pt"))
     return net.eval(), vocab
-
-
-def config_from_file(path, section=None) -> BERTConfig:
-    """The model config in a `config.json` (or its `section`), with errors naming the file."""
-    obj = read_json(path, [section] if section else [])
-    try:
-        return BERTConfig(**(obj[section] if section else obj))
-    except (TypeError, ValueError) as e:  # an unknown key, or a value out of range
-        raise ValueError(f"{path}: {e}: not a bertlite model config, or edited") from None
 
 
 def evaluate(net: BERTModel, dataset, batch_size: int = 512, device=None) -> dict:
@@ -325,9 +260,8 @@ def train_bert(net: BERTModel, train_data, cfg: TrainConfig, val_data=None, run_
         if not resume and metrics_file.exists() and metrics_file.stat().st_size:
             raise FileExistsError(f"{metrics_file} already holds a run's metrics: resume it, or "
                                   "train into another folder")
-        tmp = run_dir / "metrics.jsonl.tmp"  # what the checkpoint knows, no more, replaced whole
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in history))
-        os.replace(tmp, metrics_file)
+        # What the checkpoint knows, no more: steps after it are trained (and recorded) again.
+        write_atomic(metrics_file, "".join(json.dumps(r) + "\n" for r in history))
     bar = tqdm(total=cfg.steps, initial=step, disable=not (progress and rank == 0), unit="step",
                file=sys.stderr, dynamic_ncols=True)
 
