@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import json
 import math
+import numbers
 import os
 import pickle
 import warnings
@@ -26,19 +27,21 @@ def flag(name: str) -> str:
 
 def check_types(config) -> None:
     """Every field of a dataclass has its declared type: ints are ints (not bools or floats),
-    floats are finite numbers, and `X | None` may be None."""
+    floats are finite numbers, and `X | None` may be None. Other annotations are not checked."""
     for f in fields(config):
-        value, kind = getattr(config, f.name), str(f.type)
-        if value is None and "None" in kind:
+        value, kind = getattr(config, f.name), str(f.type).split(" ")[0]
+        if value is None and "None" in str(f.type) or kind not in TYPES:
             continue
-        ok = {"int": isinstance(value, int) and not isinstance(value, bool),
-              "float": isinstance(value, (int, float)) and not isinstance(value, bool)
-              and math.isfinite(value),
-              "bool": isinstance(value, bool), "str": isinstance(value, str)}[kind.split(" ")[0]]
+        number = isinstance(value, numbers.Real) and not isinstance(value, bool)  # numpy's too
+        ok = {"int": number and isinstance(value, numbers.Integral),
+              "float": number and math.isfinite(value),
+              "bool": isinstance(value, bool), "str": isinstance(value, str)}[kind]
         if not ok:
             raise ConfigError(f"{flag(f.name)} ({type(config).__name__}.{f.name}) must be "
-                              f"{'a finite float' if kind.startswith('float') else 'a ' + kind}, "
-                              f"got {value!r}")
+                              f"{TYPES[kind]}, got {value!r}")
+
+
+TYPES = {"int": "an integer", "float": "a finite number", "bool": "true or false", "str": "a string"}
 
 
 def check_range(config, name: str, low=None, high=None, *, low_open=False, high_open=False,

@@ -12,7 +12,7 @@ import zipfile
 from pathlib import Path
 
 from .checks import read_utf8
-from .download import digest, fetch_verified
+from .download import digest, fetch_verified, remove_stale_temporaries
 
 SPLITS = ("train", "valid", "test")
 SHIPPED = "tinywiki"  # the small corpus written for this project, in data/tinywiki/
@@ -154,6 +154,7 @@ def download_wikitext2(data_dir=None, mirrors=WIKITEXT2_MIRRORS, sha1=WIKITEXT2_
     if data_dir.exists() and not data_dir.is_dir():
         raise NotADirectoryError(f"{data_dir} is a file: give --data-dir a folder")
     data_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(data_dir)  # what a killed download or extraction left
     archive = fetch_verified(
         mirrors, data_dir / "wikitext-2-v1.zip", sha1, "sha1", timeout, what="WikiText-2",
         hint=f"Download wikitext-2-v1.zip by hand (sha1 {sha1}) and put it at "
