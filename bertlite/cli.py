@@ -190,7 +190,8 @@ def pretrain(args) -> dict:
                               f"{probe.max_len} rows of the position table (--max-len), got "
                               f"{data['max_len']}")
         run_dir = Path(args.run_dir or f"runs/{data['name']}-{time.strftime('%Y%m%d-%H%M%S')}")
-        check_new_run_dir(run_dir)
+        if rank0:
+            check_new_run_dir(run_dir)
         vocab = None
     t0 = time.perf_counter()
     train_data = load_pretrain_dataset(**{k: v for k, v in data.items() if k != "data_dir"},

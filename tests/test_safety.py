@@ -455,20 +455,40 @@ def test_sigint_and_sigterm_checkpoint_and_say_how_to_resume(tmp_path, capsys):
 
 
 @pytest.fixture
-def small_disk(tmp_path):
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)],
-                      capture_output=True).returncode:
-        pytest.skip("cannot mount a small tmpfs here (needs root)")
+def tmpfs(tmp_path):
+    """`tmpfs(size)`: a fresh tmpfs of that size, unmounted afterwards (skips unless root)."""
+    mounts = []
+
+    def mount(size):
+        folder = tmp_path / f"disk{len(mounts)}"
+        folder.mkdir()
+        if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+                          capture_output=True).returncode:
+            pytest.skip("cannot mount a small tmpfs here (needs root)")
+        mounts.append(folder)
+        return folder
     yield mount
-    subprocess.run(["umount", str(mount)], check=True)
+    for folder in mounts:
+        subprocess.run(["umount", str(folder)], check=True)
 
 
-def test_full_disk_is_one_line_and_leaves_no_half_file(small_disk, tmp_path, capsys):
+def test_full_disk_is_one_line_and_leaves_no_half_file(tmpfs, capsys):
+    small_disk = tmpfs("1m")
     before = snapshot(TINY)
     code, _, err = run_main(capsys, ["pretrain", "--run-dir", small_disk / "run", "--steps", "1",
                                      *SMALL])
     assert code == 1 and err.count("\n") == 1 and "checkpoint.pt" in err, err
     assert "space" in err and snapshot(TINY) == before
     assert not list((small_disk / "run").glob("*.tmp"))
+
+
+def test_read_only_folder_is_one_line(tmpfs, good_run, capsys):
+    small_disk = tmpfs("32m")
+    shutil.copytree(good_run, small_disk / "run")
+    subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+    before = snapshot(small_disk)
+    for args in (["--resume", small_disk / "run"], ["--run-dir", small_disk / "new", *SMALL]):
+        code, _, err = run_main(capsys, ["pretrain", *args])
+        assert code == 1 and err.count("\n") == 1 and str(small_disk) in err, err
+        assert "read-only" in err.lower()
+    assert snapshot(small_disk) == before
