@@ -1,20 +1,28 @@
 """Command line: `python -m bertlite pretrain | data | download` (also the `bertlite` command).
 
 `pretrain` writes a run directory: config.json, vocab.txt, metrics.jsonl, loss.png and
-checkpoint.pt. `--resume RUN_DIR` continues an interrupted run from its last checkpoint.
+checkpoint.pt. `--resume RUN_DIR` continues an interrupted run from its last checkpoint;
+Ctrl-C or SIGTERM finish the step, write the checkpoint and say how to resume.
+A mistake of the user's ends as one line on stderr, exit status 1 (2 for a wrong flag);
+`--debug` or BERTLITE_DEBUG=1 adds the traceback.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
 import sys
 import time
+import traceback
+import warnings
 from pathlib import Path
 
+from .checks import ConfigError, config_from_file, flag, one_line, read_json, write_atomic
 from .masking import MASKING
 from .model import BERTConfig
+from .rundir import Interrupted
 from .train import TrainConfig
 
 HELP = {  # one line per config field: every field is a flag
@@ -58,35 +66,46 @@ def _add_fields(parser, cls, skip=()):
                                 help=f"{HELP[f.name]} ({default})")
 
 
+class Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, not argparse's usage block
+        self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="bertlite", description=__doc__.splitlines()[0])
+    p = Parser(prog="bertlite", description=__doc__.splitlines()[0])
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="show the traceback of an error")
     sub = p.add_subparsers(dest="command", required=True)
-    pre = sub.add_parser("pretrain", help="pre-train BERT (default: the shipped corpus, ~1 min)")
-    pre.add_argument("--dataset", default="tinywiki", help="tinywiki (shipped) or wikitext-2")
+    pre = sub.add_parser("pretrain", help="pre-train BERT (default: the shipped corpus, ~1 min)",
+                         parents=[common])
+    # Data and model flags default to None, so that `--resume` can tell what was given.
+    pre.add_argument("--dataset", help="tinywiki (shipped, the default) or wikitext-2")
     pre.add_argument("--data-dir", help="folder holding DATASET/wiki.*.tokens (default: ./data "
                      "or $BERTLITE_DATA)")
     pre.add_argument("--download", action="store_true", help="download WikiText-2 if missing")
     pre.add_argument("--run-dir", help="where to write the run (default runs/DATASET-TIME)")
     pre.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR")
-    pre.add_argument("--preset", default="d2l", help="d2l, bert-tiny, bert-mini, bert-small, bert-base")
-    pre.add_argument("--seq-len", type=int, default=64, help="max tokens per sentence pair")
+    pre.add_argument("--preset", help="d2l (the default), bert-tiny, bert-mini, bert-small, bert-base")
+    pre.add_argument("--seq-len", type=int, help="max tokens per sentence pair (default 64)")
     pre.add_argument("--min-freq", type=int, help="vocabulary min count (2 shipped, 5 WikiText-2)")
     pre.add_argument("--dynamic-masking", action=argparse.BooleanOptionalAction, default=None,
                      help="new masks every epoch (default on for the shipped corpus)")
-    pre.add_argument("--pair-task", choices=("nsp", "sop"), default="nsp",
+    pre.add_argument("--pair-task", choices=("nsp", "sop"),
                      help="sentence-pair task: next sentence (BERT) or sentence order (ALBERT) "
                      "(default nsp)")
-    pre.add_argument("--masking", choices=tuple(MASKING), default="token",
+    pre.add_argument("--masking", choices=tuple(MASKING),
                      help="which positions the MLM predicts: tokens, whole words, n-grams of "
                      "words (ALBERT) or geometric spans (SpanBERT) (default token)")
     pre.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_fields(pre.add_argument_group("training (TrainConfig)"), TrainConfig)
     _add_fields(pre.add_argument_group("model (BERTConfig)"), BERTConfig, skip=("vocab_size",))
-    d = sub.add_parser("data", help="build the pre-training data and print its statistics")
+    d = sub.add_parser("data", help="build the pre-training data and print its statistics",
+                       parents=[common])
     d.add_argument("--dataset", default="tinywiki")
     d.add_argument("--data-dir")
     d.add_argument("--seq-len", type=int, default=64)
-    dl = sub.add_parser("download", help="download WikiText-2 (checksum-verified)")
+    dl = sub.add_parser("download", help="download WikiText-2 (checksum-verified)",
+                        parents=[common])
     dl.add_argument("--data-dir")
     return p
 
@@ -96,30 +115,83 @@ def _given(args, cls):
             if getattr(args, f.name, None) is not None}
 
 
+# The flags that fix the model or its data: a resumed run must keep them (config.json key, default).
+DATA_FLAGS = {"dataset": ("name", "tinywiki"), "seq_len": ("max_len", 64),
+              "min_freq": ("min_freq", None), "dynamic_masking": ("dynamic_masking", None),
+              "pair_task": ("pair_task", "nsp"), "masking": ("masking", "token")}
+
+
+def _resume_config(args):
+    """(data, model config, train config, saved config.json) of the run in `args.resume`.
+    Model and data flags must repeat the run's values; training flags change it (recorded)."""
+    from .data import default_min_freq
+    run_dir = Path(args.resume)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"--resume {run_dir}: no such folder, nothing to resume")
+    if not (run_dir / "checkpoint.pt").is_file():
+        raise FileNotFoundError(f"{run_dir}/checkpoint.pt not found: nothing to resume (start "
+                                f"a new run with --run-dir)")
+    saved = read_json(run_dir / "config.json", ("data", "model", "train"))
+    model_cfg = config_from_file(run_dir / "config.json", "model")
+    data = saved["data"]
+    given = {name: getattr(args, name) for name in DATA_FLAGS if getattr(args, name) is not None}
+    was = {name: data.get(key, default) for name, (key, default) in DATA_FLAGS.items()}
+    was["min_freq"] = was["min_freq"] or default_min_freq(was["dataset"])
+    was.update(model_cfg.to_dict(), preset=saved.get("preset"), seed=saved["train"].get("seed"))
+    given.update(_given(args, BERTConfig), **{k: getattr(args, k) for k in ("preset", "seed")
+                                             if getattr(args, k) is not None})
+    changed = [f"{flag(k)} {v} (the run has {was.get(k)})" for k, v in given.items() if v != was.get(k)]
+    if changed:
+        raise ValueError(f"--resume {run_dir} cannot change the model or its data: "
+                         f"{'; '.join(changed)}. Drop these flags, or start a new run with --run-dir")
+    try:
+        TrainConfig(**saved["train"])
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{run_dir}/config.json: {e}: not a bertlite run, or edited") from None
+    train_cfg = TrainConfig(**{**saved["train"], **_given(args, TrainConfig)})  # the flags' errors
+    if args.data_dir is not None:
+        data["data_dir"] = args.data_dir  # the data may have moved; the vocabulary is the run's
+    return data, model_cfg, train_cfg, saved
+
+
 def pretrain(args) -> dict:
     import torch
 
     from .data import load_pretrain_dataset
     from .model import BERTModel
     from .plot import plot_history
-    from .train import summarize, train_bert
+    from .rundir import check_new_run_dir, claiming
+    from .train import load_checkpoint, summarize, train_bert
     from .vocab import Vocab
 
+    rank0 = int(os.environ.get("RANK", 0)) == 0  # under torchrun, only rank 0 writes files
     if args.resume:  # everything comes from the run's own config.json; flags may extend --steps
         run_dir = Path(args.resume)
-        if not (run_dir / "checkpoint.pt").exists():
-            sys.exit(f"error: {run_dir}/checkpoint.pt not found: nothing to resume")
-        saved = json.loads((run_dir / "config.json").read_text())
-        data, model_cfg = saved["data"], BERTConfig(**saved["model"])
-        train_cfg = TrainConfig(**{**saved["train"], **_given(args, TrainConfig)})
-        vocab = Vocab.load(run_dir / "vocab.txt")
+        data, model_cfg, train_cfg, saved = _resume_config(args)
+        done = load_checkpoint(run_dir / "checkpoint.pt")["step"]  # readable, before any work
+        if train_cfg.steps < done:
+            raise ConfigError(f"--steps {train_cfg.steps} is less than the {done} steps this run "
+                              "has trained: give more, or leave --steps out")
+        vocab = Vocab.load(run_dir / "vocab.txt", size=model_cfg.vocab_size)
     else:
-        shipped = args.dataset == "tinywiki"
-        data = {"name": args.dataset, "data_dir": args.data_dir, "max_len": args.seq_len,
-                "min_freq": args.min_freq, "dynamic_masking": shipped if args.dynamic_masking
-                is None else args.dynamic_masking, "seed": args.seed or 0,
-                "pair_task": args.pair_task, "masking": args.masking}
+        shipped = (args.dataset or "tinywiki") == "tinywiki"
+        data = {"name": args.dataset or "tinywiki", "data_dir": args.data_dir,
+                "max_len": args.seq_len or 64, "min_freq": args.min_freq,
+                "dynamic_masking": shipped if args.dynamic_masking is None else args.dynamic_masking,
+                "seed": args.seed or 0, "pair_task": args.pair_task or "nsp",
+                "masking": args.masking or "token"}
         train_cfg = TrainConfig(**{**(SHIPPED_DEFAULTS if shipped else {}), **_given(args, TrainConfig)})
+        # Every model flag is checked now, before the data is built (which can take minutes).
+        probe = BERTConfig.preset(args.preset or "d2l", 1, **_given(args, BERTConfig))
+        if args.min_freq is not None and args.min_freq < 1:
+            raise ConfigError(f"--min-freq must be >= 1, got {args.min_freq}")
+        if not 5 <= data["max_len"] <= probe.max_len:
+            raise ConfigError(f"--seq-len must be between 5 (<cls> a <sep> b <sep>) and the "
+                              f"{probe.max_len} rows of the position table (--max-len), got "
+                              f"{data['max_len']}")
+        run_dir = Path(args.run_dir or f"runs/{data['name']}-{time.strftime('%Y%m%d-%H%M%S')}")
+        if rank0:
+            check_new_run_dir(run_dir)
         vocab = None
     t0 = time.perf_counter()
     train_data = load_pretrain_dataset(**{k: v for k, v in data.items() if k != "data_dir"},
@@ -132,25 +204,30 @@ def pretrain(args) -> dict:
                                      pair_task=data.get("pair_task", "nsp"))
     print(f"data: {len(train_data)} training pairs, {len(val_data)} validation pairs, "
           f"vocabulary {len(train_data.vocab)} ({time.perf_counter() - t0:.2f} s)")
-    if not args.resume:
-        model_cfg = BERTConfig.preset(args.preset, len(train_data.vocab), **_given(args, BERTConfig))
-        run_dir = Path(args.run_dir or f"runs/{args.dataset}-{time.strftime('%Y%m%d-%H%M%S')}")
-        if (run_dir / "checkpoint.pt").exists():
-            sys.exit(f"error: {run_dir} already holds a run; use --resume {run_dir} to continue it")
-        if int(os.environ.get("RANK", 0)) == 0:  # under torchrun, only rank 0 writes files
-            run_dir.mkdir(parents=True, exist_ok=True)
-            train_data.vocab.save(run_dir / "vocab.txt")
-            (run_dir / "config.json").write_text(json.dumps(
-                {"data": data, "model": model_cfg.to_dict(), "train": dataclasses.asdict(train_cfg)},
-                indent=2) + "\n")
-    torch.manual_seed(train_cfg.seed)
-    net = BERTModel(model_cfg)
-    history = train_bert(net, train_data, train_cfg, val_data, run_dir, resume=bool(args.resume),
-                         progress=not args.no_progress)
-    summary = summarize(history)
-    if torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
-        return summary
-    plot_history(history, run_dir / "loss.png")
+    if args.resume:
+        changes = {k: v for k, v in dataclasses.asdict(train_cfg).items()
+                   if v != saved["train"].get(k)}
+        config = {**saved, "train": dataclasses.asdict(train_cfg), "data": data}
+        if changes:  # so that a later resume, and the reader, know what this run really did
+            config["changes"] = [*saved.get("changes", []), {"at_step": done, **changes}]
+    else:
+        model_cfg = BERTConfig.preset(args.preset or "d2l", len(train_data.vocab),
+                                      **_given(args, BERTConfig))
+        config = {"data": data, "model": model_cfg.to_dict(), "train": dataclasses.asdict(train_cfg),
+                  "preset": args.preset or "d2l"}
+    with claiming(run_dir, new=not args.resume) if rank0 else contextlib.nullcontext():
+        if rank0:
+            if not args.resume:
+                train_data.vocab.save(run_dir / "vocab.txt")
+            write_atomic(run_dir / "config.json", json.dumps(config, indent=2) + "\n")
+        torch.manual_seed(train_cfg.seed)
+        net = BERTModel(model_cfg)
+        history = train_bert(net, train_data, train_cfg, val_data, run_dir,
+                             resume=bool(args.resume), progress=not args.no_progress)
+        summary = summarize(history)
+        if torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
+            return summary
+        plot_history(history, run_dir / "loss.png")
     ev = summary.get("eval", {})
     print(f"MLM loss {summary['mlm_loss']:.3f}, NSP loss {summary['nsp_loss']:.3f} (means over "
           f"{train_cfg.steps} steps), {summary['pairs_per_s']:.1f} sentence pairs/s")
@@ -173,13 +250,32 @@ def data_summary(args) -> None:
 
 def main(argv=None) -> None:
     args = build_parser().parse_args(argv)
+    debug = args.debug or os.environ.get("BERTLITE_DEBUG") == "1"
     try:
-        if args.command == "pretrain":
-            pretrain(args)
-        elif args.command == "data":
-            data_summary(args)
-        else:
-            from .wikitext import download_wikitext2
-            print(f"WikiText-2 is in {download_wikitext2(args.data_dir)}")
-    except (FileNotFoundError, ValueError, RuntimeError) as e:  # a clear message, not a traceback
-        sys.exit(f"error: {e}")
+        with warnings.catch_warnings():
+            warnings.showwarning = lambda message, *a, **k: print(f"warning: {message}",
+                                                                  file=sys.stderr)
+            if args.command == "pretrain":
+                pretrain(args)
+            elif args.command == "data":
+                data_summary(args)
+            else:
+                from .wikitext import download_wikitext2
+                print(f"WikiText-2 is in {download_wikitext2(args.data_dir)}")
+    except Interrupted as e:  # the checkpoint is written: say how to go on, in one line
+        print(f"{e}: checkpoint written; continue with: python -m bertlite pretrain --resume "
+              f"{e.run_dir}", file=sys.stderr)
+        sys.exit(128 + e.signum)  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
+    except KeyboardInterrupt:
+        if debug:
+            traceback.print_exc()
+        print("interrupted: nothing more was written (a run's last checkpoint stays whole)",
+              file=sys.stderr)
+        sys.exit(130)
+    except (OSError, ValueError, RuntimeError, FloatingPointError) as e:  # the user's mistakes
+        if debug:
+            traceback.print_exc()
+        if isinstance(e, ConfigError):  # a flag out of its range: a usage error
+            print(f"error: {one_line(e)}", file=sys.stderr)
+            sys.exit(2)
+        sys.exit(f"error: {one_line(e)}")

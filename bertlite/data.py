@@ -34,6 +34,14 @@ def tokens_and_segments(tokens_a, tokens_b=None):
     return tokens, segments
 
 
+def text_ids(vocab: Vocab, words) -> np.ndarray:
+    """Ids of the words of a text: a literal `<mask>` or `<cls>` written in the text is an
+    unknown word, not the special token (it would be a free answer, or a fake sentence start)."""
+    ids = vocab.encode(words)
+    ids[np.isin(ids, vocab.specials)] = vocab.unk
+    return ids
+
+
 @dataclass
 class Corpus:
     """Every sentence of every paragraph back to back in one id array, plus where each begins.
@@ -51,7 +59,7 @@ class Corpus:
         sentences = list(chain.from_iterable(paragraphs))
         lengths = np.fromiter(map(len, sentences), np.int64, len(sentences))
         sizes = np.fromiter(map(len, paragraphs), np.int64, len(paragraphs))
-        return cls(ids=vocab.encode(chain.from_iterable(sentences)),
+        return cls(ids=text_ids(vocab, chain.from_iterable(sentences)),
                    starts=np.cumsum(lengths) - lengths, lengths=lengths,
                    paragraph=np.repeat(np.arange(len(paragraphs)), sizes))
 
@@ -68,7 +76,10 @@ class Corpus:
             raise ValueError("min_sentences must be at least 1")
         if not text.strip():
             raise ValueError("the text is empty: nothing to build a corpus from")
-        words = ("\0 " + text.replace("\n", " \0 ")).split()  # "\0" marks line ends; its id is 0
+        mark = "\0"  # marks line ends (its id is 0): a string that no word of the text can be
+        while mark in text:
+            mark += "\0"
+        words = (mark + " " + text.replace("\n", f" {mark} ")).split()
         types = collections.defaultdict(itertools.count().__next__)  # a new word gets the next id
         raw = np.fromiter(map(types.__getitem__, words), np.int64, len(words))
         # Lowercase the distinct words only, then merge the ids of words that become equal.
@@ -95,7 +106,7 @@ class Corpus:
         starts = np.flatnonzero(start)
         lengths = np.diff(np.r_[starts, len(raw)])
         paragraph = np.cumsum(np.r_[True, line[starts[1:]] != line[starts[:-1]]]) - 1
-        return cls(vocab.encode(lower)[raw], starts, lengths, paragraph), vocab
+        return cls(text_ids(vocab, lower)[raw], starts, lengths, paragraph), vocab
 
     def paragraphs(self, vocab: Vocab) -> list[list[list[str]]]:
         """Back to paragraphs of sentences of tokens (for reading, and for the tests)."""

@@ -15,6 +15,8 @@ import os
 import shutil
 import tarfile
 import tempfile
+import time
+import urllib.parse
 import urllib.request
 import zlib
 from contextlib import contextmanager
@@ -37,20 +39,31 @@ def digest(path, algorithm: str = "sha256") -> str:
     return h.hexdigest()
 
 
-def fetch(url: str, dest, checksum: str, algorithm: str = "sha256", timeout: float = 60.0) -> None:
+def fetch(url: str, dest, checksum: str, algorithm: str = "sha256", timeout: float = 60.0,
+          deadline: float = 3600.0) -> None:
     """Download `url` to `dest` through a temporary file beside it; rename only if the checksum
     matches, so `dest` exists whole and verified or not at all. Raises OSError on any failure.
+    `timeout` bounds each wait for data, `deadline` the whole download: a server that trickles
+    a byte now and then would otherwise never time out.
 
     Explained in notebooks/08_fill_mask.ipynb.
     """
     dest = Path(dest)
+    if urllib.parse.urlsplit(url).scheme not in ("https", "http", "file"):
+        raise OSError(f"{url!r} is not an https://, http:// or file:// address")
+    remove_stale_temporaries(dest.parent)
+    end = time.monotonic() + deadline
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".download-")
     try:
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as r:
             status = getattr(r, "status", None)
             if status not in (None, 200):  # file:// answers have no status
                 raise OSError(f"HTTP {status}")
-            shutil.copyfileobj(r, out)
+            read = getattr(r, "read1", r.read)  # read1: what has arrived, without waiting for more
+            while chunk := read(1 << 20):
+                out.write(chunk)
+                if time.monotonic() > end:
+                    raise OSError(f"not finished after {deadline:g} s: try again later")
         got = digest(tmp, algorithm)
         if got != checksum.lower():
             raise OSError(f"{algorithm} mismatch: expected {checksum}, got {got}")
@@ -61,7 +74,7 @@ def fetch(url: str, dest, checksum: str, algorithm: str = "sha256", timeout: flo
 
 
 def fetch_verified(mirrors, dest, checksum: str, algorithm: str = "sha256", timeout: float = 60.0,
-                   what: str = "the archive", hint: str = "") -> Path:
+                   what: str = "the archive", hint: str = "", deadline: float = 3600.0) -> Path:
     """`dest` if it is already there and verified, else the first mirror that gives a file with
     the right checksum. Raises RuntimeError listing every mirror's error, then `hint` (say there
     how to get the file by hand). Explained in notebooks/08_fill_mask.ipynb.
@@ -76,12 +89,20 @@ def fetch_verified(mirrors, dest, checksum: str, algorithm: str = "sha256", time
     errors = []
     for url in mirrors:
         try:
-            fetch(url, dest, checksum, algorithm, timeout)
+            fetch(url, dest, checksum, algorithm, timeout, deadline)
             return dest
         except OSError as e:  # URLError and HTTPError are OSErrors too
             errors.append(f"  {url}: {e}")
     raise RuntimeError(f"could not download {what}:\n" + "\n".join(errors)
                        + ("\n" + hint if hint else ""))
+
+
+def remove_stale_temporaries(folder, age: float = 3600.0) -> None:
+    """Delete our own leftovers in `folder` (`.download-*` files and `.extract-*` folders of a
+    process that was killed) once untouched for `age` seconds: a younger one may be in use."""
+    for p in Path(folder).iterdir() if Path(folder).is_dir() else ():
+        if p.name.startswith((".download-", ".extract-")) and time.time() - p.stat().st_mtime > age:
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
 
 
 @contextmanager

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .checks import ConfigError, check_choice, check_range, check_types
+
 
 @dataclass
 class BERTConfig:
@@ -37,6 +39,19 @@ class BERTConfig:
     init_std: float | None = None  # None: PyTorch's default init (the book); BERT: normal(0, 0.02)
     fused_attention: bool = True  # F.scaled_dot_product_attention; False: the from-scratch path
 
+    def __post_init__(self):  # a wrong value fails here, not as an IndexError deep inside
+        check_types(self)
+        for name in ("vocab_size", "hidden", "ffn_hidden", "heads", "layers", "max_len"):
+            check_range(self, name, 1)
+        check_range(self, "dropout", 0, 1, high_open=True, why="1 drops everything")
+        check_range(self, "segments", 2, why="sentence A and sentence B")
+        check_range(self, "norm_eps", 0, low_open=True)
+        check_range(self, "init_std", 0, low_open=True)
+        check_choice(self, "activation", tuple(ACTIVATIONS))
+        if self.hidden % self.heads:
+            raise ConfigError(f"--hidden {self.hidden} is not divisible by --heads {self.heads}: "
+                              "each head gets hidden / heads dimensions")
+
     @staticmethod
     def preset(name: str, vocab_size: int, **overrides) -> "BERTConfig":
         """"d2l" (the book's model) or "bert-tiny/mini/small/base" (the original architecture)."""
@@ -51,7 +66,8 @@ class BERTConfig:
             config = BERTConfig(vocab_size=vocab_size, hidden=h, ffn_hidden=4 * h, heads=heads,
                                 layers=layers, **bert)
         else:
-            raise ValueError(f"unknown preset {name!r}; choose 'd2l' or one of {list(sizes)}")
+            raise ConfigError(f"--preset: unknown preset {name!r}; choose d2l or one of "
+                              f"{', '.join(sizes)}")
         return replace(config, **overrides)
 
     def to_dict(self) -> dict:
@@ -232,7 +248,10 @@ class BERTModel(nn.Module):
 
     def encode(self, tokens, segments=None, valid_lens=None):
         """(B, T, H) hidden states of the last encoder block."""
-        B, T = self._check(tokens, segments, valid_lens)
+        self._check(tokens, segments, valid_lens)
+        return self._encode(tokens, segments, valid_lens)
+
+    def _encode(self, tokens, segments, valid_lens):
         x = self.embeddings(tokens, torch.zeros_like(tokens) if segments is None else segments)
         for block in self.blocks:
             x = block(x, valid_lens)
@@ -241,22 +260,26 @@ class BERTModel(nn.Module):
     def forward(self, tokens, segments=None, valid_lens=None, pred_positions=None,
                 mlm_logits: bool = True) -> BERTOutput:
         """`mlm_logits=False` stops the MLM head before its decoder (for `fused_mlm_loss`)."""
-        encoded = self.encode(tokens, segments, valid_lens)
+        self._check(tokens, segments, valid_lens, pred_positions)
+        encoded = self._encode(tokens, segments, valid_lens)
         logits = hidden = None
         if pred_positions is not None:
-            if pred_positions.dim() != 2 or pred_positions.shape[0] != tokens.shape[0]:
-                raise ValueError(f"pred_positions must be (B, P) with B={tokens.shape[0]}, "
-                                 f"got {tuple(pred_positions.shape)}")
             hidden = self.mlm.hidden(encoded, pred_positions)
             logits = self.mlm.decoder(hidden) if mlm_logits else None
         pooled = torch.tanh(self.pooler(encoded[:, 0]))  # the <cls> position
         return BERTOutput(encoded, logits, self.nsp(pooled), pooled, None if mlm_logits else hidden)
 
-    def _check(self, tokens, segments, valid_lens):
+    def _check(self, tokens, segments, valid_lens, pred_positions=None):
+        """Shapes, then the range of every id tensor. Unchecked, an id past its embedding table
+        is "index out of range in self" (a device-side assert on a GPU) and a negative position
+        silently wraps around. One min and max per tensor, and one sync for all of them."""
         if tokens.dim() != 2 or tokens.dtype not in (torch.int64, torch.int32):
             raise ValueError(f"tokens must be a (B, T) integer tensor, got {tuple(tokens.shape)} "
                              f"{tokens.dtype}: add a batch dimension with tokens[None]")
         B, T = tokens.shape
+        if B == 0 or T == 0:
+            raise ValueError(f"tokens is empty, shape {(B, T)}: give at least one sequence of "
+                             "at least one token")
         if T > self.config.max_len:
             raise ValueError(f"sequences of {T} tokens exceed the position table "
                              f"(config.max_len={self.config.max_len})")
@@ -264,7 +287,20 @@ class BERTModel(nn.Module):
             raise ValueError(f"segments {tuple(segments.shape)} must match tokens {(B, T)}")
         if valid_lens is not None and valid_lens.shape != (B,):
             raise ValueError(f"valid_lens must be ({B},), got {tuple(valid_lens.shape)}")
-        return B, T
+        if pred_positions is not None and (pred_positions.dim() != 2 or len(pred_positions) != B):
+            raise ValueError(f"pred_positions must be (B, P) with B={B}, "
+                             f"got {tuple(pred_positions.shape)}")
+        c = self.config
+        limits = {"tokens": (tokens, c.vocab_size, "ids of the model's vocabulary (vocab_size)"),
+                  "segments": (segments, c.segments, "segment ids of the model (segments)"),
+                  "valid_lens": (valid_lens, T + 1, f"lengths of sequences of {T} tokens"),
+                  "pred_positions": (pred_positions, T, f"positions in sequences of {T} tokens")}
+        limits = {k: v for k, v in limits.items() if v[0] is not None and v[0].numel()}
+        ranges = torch.stack([torch.stack(torch.aminmax(t.long())) for t, _, _ in limits.values()])
+        for (name, (_, limit, what)), (low, high) in zip(limits.items(), ranges.tolist()):
+            if low < 0 or high >= limit:
+                raise ValueError(f"{name} holds {low if low < 0 else high}: must be 0..{limit - 1}, "
+                                 f"the {what}")
 
 
 @contextmanager

@@ -10,8 +10,10 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import sys
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -21,8 +23,11 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
+from .checks import (check_choice, check_range, check_types, config_from_file, load_torch,
+                     write_atomic)
 from .loss import fused_mlm_loss, nsp_accuracy, nsp_loss, pretrain_loss
 from .model import BERTConfig, BERTModel, evaluating
+from .rundir import Interrupted, stopping_on_signals
 
 METRICS = ("mlm_loss", "nsp_loss", "mlm_acc", "nsp_acc")
 
@@ -54,6 +59,22 @@ class TrainConfig:
     eval_every: int = 0            # steps between validations; 0: at the end only
     checkpoint_every: int = 0      # steps between checkpoints; 0: at the end only
     seed: int = 0
+
+    def __post_init__(self):  # a wrong value fails here, not as a silently wrong run
+        check_types(self)
+        for name in ("steps", "batch_size"):
+            check_range(self, name, 1)
+        for name in ("warmup_steps", "eval_every", "checkpoint_every", "seed"):
+            check_range(self, name, 0)
+        check_range(self, "lr", 0, low_open=True)
+        check_range(self, "weight_decay", 0)
+        check_range(self, "clip_grad", 0, why="0 turns clipping off; a negative norm ascends")
+        check_choice(self, "optimizer", ("adam", "adamw"))
+        check_choice(self, "schedule", ("constant", "linear"))
+        check_choice(self, "precision", ("fp32", "bf16", "fp16"))
+        if self.warmup_steps >= self.steps:
+            warnings.warn(f"--warmup-steps {self.warmup_steps} >= --steps {self.steps}: the "
+                          f"learning rate never reaches --lr {self.lr}", stacklevel=3)
 
 
 def get_lr(step: int, cfg: TrainConfig) -> float:
@@ -125,17 +146,24 @@ def save_checkpoint(path, net: BERTModel, optimizer, scaler, step: int, cfg: Tra
              "model_config": net.config.to_dict(), "train_config": asdict(cfg), "history": history}
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)  # a crash leaves the previous checkpoint whole
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)  # a crash leaves the previous checkpoint whole
+    except RuntimeError as e:  # torch's writer reports a full disk as a RuntimeError
+        raise OSError(f"could not write {path} ({str(e).splitlines()[0]}): is the disk full? "
+                      "Free some space and resume; the previous checkpoint is kept") from None
+    finally:
+        if tmp.exists():
+            tmp.unlink()  # no half-written file left on a full disk
 
 
 def load_checkpoint(path, map_location="cpu") -> dict:
     """A checkpoint written by `save_checkpoint` (no pickled code is run)."""
-    return torch.load(path, map_location=map_location, weights_only=True)
+    return load_torch(path, map_location, keys=("model", "optimizer", "scaler", "step", "history"))
 
 
 def model_from_checkpoint(path) -> BERTModel:
-    state = load_checkpoint(path)
+    state = load_torch(path, keys=("model", "model_config"))
     net = BERTModel(BERTConfig(**state["model_config"]))
     net.load_state_dict(state["model"])
     return net
@@ -155,9 +183,11 @@ def load_pretrained(folder):
     Explained in notebooks/06_pretraining.ipynb."""
     from .vocab import Vocab
     folder = Path(folder)
-    net = BERTModel(BERTConfig(**json.loads((folder / "config.json").read_text())))
-    net.load_state_dict(torch.load(folder / "model.pt", map_location="cpu", weights_only=True))
-    return net.eval(), Vocab.load(folder / "vocab.txt")
+    config = config_from_file(folder / "config.json")
+    vocab = Vocab.load(folder / "vocab.txt", size=config.vocab_size)
+    net = BERTModel(config)
+    net.load_state_dict(load_torch(folder / "model.pt"))
+    return net.eval(), vocab
 
 
 def evaluate(net: BERTModel, dataset, batch_size: int = 512, device=None) -> dict:
@@ -226,8 +256,12 @@ def train_bert(net: BERTModel, train_data, cfg: TrainConfig, val_data=None, run_
         torch.manual_seed(cfg.seed + rank)  # dropout draws
     if writer:
         run_dir.mkdir(parents=True, exist_ok=True)
-        with open(run_dir / "metrics.jsonl", "w") as f:  # what the checkpoint knows, no more
-            f.writelines(json.dumps(r) + "\n" for r in history)
+        metrics_file = run_dir / "metrics.jsonl"
+        if not resume and metrics_file.exists() and metrics_file.stat().st_size:
+            raise FileExistsError(f"{metrics_file} already holds a run's metrics: resume it, or "
+                                  "train into another folder")
+        # What the checkpoint knows, no more: steps after it are trained (and recorded) again.
+        write_atomic(metrics_file, "".join(json.dumps(r) + "\n" for r in history))
     bar = tqdm(total=cfg.steps, initial=step, disable=not (progress and rank == 0), unit="step",
                file=sys.stderr, dynamic_ncols=True)
 
@@ -238,46 +272,58 @@ def train_bert(net: BERTModel, train_data, cfg: TrainConfig, val_data=None, run_
                 f.write(json.dumps(r) + "\n")
 
     net.train()
-    while step < cfg.steps:
-        epoch, skip = divmod(step, len(loader))
-        sampler.set_epoch(epoch)
-        train_data.set_epoch(epoch)  # new masks with dynamic masking
-        batches = iter(loader)
-        for _ in range(skip):  # resuming mid-epoch: pass over the batches already trained on
-            next(batches)
-        t0 = time.perf_counter()
-        for batch in batches:
-            lr = get_lr(step, cfg)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            b = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-            # Denominators summed over all ranks, so every rank's loss is its share of the
-            # global loss; DDP averages gradients, hence the factor `world` below.
-            totals = _all_sum(torch.stack([b["mlm_weights"].sum(), torch.tensor(
-                float(len(b["nsp_labels"])), device=device)]))
-            with autocast(device, cfg.precision):
-                out = model(b["tokens"], b["segments"], b["valid_lens"], b["pred_positions"],
-                            mlm_logits=not cfg.fused_loss)
-                loss = pretrain_loss(out, b, net.mlm.decoder, totals[0], totals[1])
-            optimizer_step(loss.total * world, optimizer, scaler, net.parameters(), cfg.clip_grad)
-            metrics = _all_sum(torch.stack(loss[1:]).detach().float()).tolist()
-            step += 1
-            now = time.perf_counter()
-            pairs = int(totals[1].item())
-            r = {"step": step, **dict(zip(METRICS, metrics)), "lr": lr,
-                 "pairs_per_s": pairs / (now - t0), "seconds": now - t0}
-            record(r)
-            bar.update(1)
-            bar.set_postfix(mlm=f"{r['mlm_loss']:.3f}", nsp=f"{r['nsp_loss']:.3f}",
-                            pairs_s=f"{r['pairs_per_s']:.0f}")
-            if val_data is not None and rank == 0 and (
-                    step == cfg.steps or (cfg.eval_every and step % cfg.eval_every == 0)):
-                record({"step": step, "eval": evaluate(net, val_data, cfg.batch_size, device)})
-            if writer and (step == cfg.steps or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0)):
-                save_checkpoint(run_dir / "checkpoint.pt", net, optimizer, scaler, step, cfg, history)
-            if step >= cfg.steps:
-                break
+    with stopping_on_signals(run_dir is not None) as signals:
+        while step < cfg.steps:
+            epoch, skip = divmod(step, len(loader))
+            sampler.set_epoch(epoch)
+            train_data.set_epoch(epoch)  # new masks with dynamic masking
+            batches = iter(loader)
+            for _ in range(skip):  # resuming mid-epoch: pass over the batches already trained on
+                next(batches)
             t0 = time.perf_counter()
+            for batch in batches:
+                lr = get_lr(step, cfg)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                b = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+                # Denominators summed over all ranks, so every rank's loss is its share of the
+                # global loss; DDP averages gradients, hence the factor `world` below. The third
+                # sum counts signals on any rank, so that all ranks stop after the same step.
+                totals = _all_sum(torch.cat([b["mlm_weights"].sum()[None], torch.tensor(
+                    [len(b["nsp_labels"]), len(signals)], dtype=torch.float32, device=device)]))
+                with autocast(device, cfg.precision):
+                    out = model(b["tokens"], b["segments"], b["valid_lens"], b["pred_positions"],
+                                mlm_logits=not cfg.fused_loss)
+                    loss = pretrain_loss(out, b, net.mlm.decoder, totals[0], totals[1])
+                optimizer_step(loss.total * world, optimizer, scaler, net.parameters(), cfg.clip_grad)
+                metrics = _all_sum(torch.stack(loss[1:]).detach().float()).tolist()
+                if not math.isfinite(metrics[0] + metrics[1]):  # never save NaN weights as a run
+                    raise FloatingPointError(
+                        f"the loss became {metrics[0] + metrics[1]} at step {step + 1}: training "
+                        "diverged and was stopped (the last checkpoint is kept); lower --lr, or "
+                        "clip gradients with --clip-grad 1")
+                step += 1
+                now = time.perf_counter()
+                pairs, stop = totals[1:].tolist()
+                stop = stop if world > 1 else len(signals)  # one process: the signal of this step
+                r = {"step": step, **dict(zip(METRICS, metrics)), "lr": lr,
+                     "pairs_per_s": int(pairs) / (now - t0), "seconds": now - t0}
+                record(r)
+                bar.update(1)
+                bar.set_postfix(mlm=f"{r['mlm_loss']:.3f}", nsp=f"{r['nsp_loss']:.3f}",
+                                pairs_s=f"{r['pairs_per_s']:.0f}")
+                if val_data is not None and rank == 0 and (
+                        step == cfg.steps or (cfg.eval_every and step % cfg.eval_every == 0)):
+                    record({"step": step, "eval": evaluate(net, val_data, cfg.batch_size, device)})
+                if writer and (step == cfg.steps or stop
+                               or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0)):
+                    save_checkpoint(run_dir / "checkpoint.pt", net, optimizer, scaler, step, cfg, history)
+                if step >= cfg.steps:
+                    break
+                if stop:
+                    bar.close()
+                    raise Interrupted(signals[0] if signals else signal.SIGTERM, step, run_dir)
+                t0 = time.perf_counter()
     bar.close()
     return history
 

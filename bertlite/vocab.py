@@ -70,13 +70,36 @@ class Vocab:
         Path(path).write_text("\n".join(self.idx_to_token) + "\n", encoding="utf-8")
 
     @classmethod
-    def load(cls, path) -> "Vocab":
-        tokens = Path(path).read_text(encoding="utf-8").split("\n")[:-1]
+    def load(cls, path, specials=SPECIAL_TOKENS, size: int | None = None) -> "Vocab":
+        """A vocabulary from `save`'s file. It must begin with `specials` in order and list each
+        token once, and with `size` (the model's vocab_size) it must have that many lines: a
+        deleted or added line would shift every id after it, and training would go on silently
+        wrong. A last line without its newline is kept."""
+        from .checks import read_utf8
+        tokens = read_utf8(path, "vocabulary").split("\n")
+        if tokens[-1] == "":
+            tokens.pop()  # the final newline ends the last line; it starts no token
+        problem = None
+        if not tokens:
+            problem = "is empty"
+        elif tokens[:len(specials)] != list(specials):
+            i = next(i for i, (t, s) in enumerate(zip([*tokens, None], specials)) if t != s)
+            problem = (f"line {i + 1} is {tokens[i]!r}, not {specials[i]!r}" if i < len(tokens)
+                       else f"lacks {specials[i]!r} on line {i + 1}")
+        elif "" in tokens:
+            problem = f"line {tokens.index('') + 1} is empty"
+        elif size is not None and len(tokens) != size:
+            problem = f"has {len(tokens)} tokens but the model has vocab_size={size}"
+        if problem is None and len(set(tokens)) != len(tokens):
+            seen = set()
+            twice = next(t for t in tokens if t in seen or seen.add(t))
+            problem = f"lists {twice!r} twice"
+        if problem:
+            raise ValueError(f"{path} {problem}: not the vocabulary this model was trained "
+                             "with; restore it from the run folder")
         vocab = cls(specials=())
         vocab.idx_to_token = tokens
         vocab.token_to_idx = {t: i for i, t in enumerate(tokens)}
-        if len(vocab.token_to_idx) != len(tokens):
-            raise ValueError(f"{path} lists a token twice: not a vocabulary file")
         vocab.unk = vocab.token_to_idx.get("<unk>", 0)
         return vocab
 

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 import zipfile
 from pathlib import Path
 
-from .download import building, digest, fetch_verified
+from .checks import read_utf8
+from .download import digest, fetch_verified, remove_stale_temporaries
 
 SPLITS = ("train", "valid", "test")
 SHIPPED = "tinywiki"  # the small corpus written for this project, in data/tinywiki/
@@ -89,7 +91,10 @@ def read_text(name: str = SHIPPED, split: str = "train", data_dir=None, download
                 f"{WIKITEXT2_MIRRORS[0]} so that {path} exists" if name == "wikitext-2"
                 else "check the data directory (argument data_dir or $BERTLITE_DATA)")
         raise FileNotFoundError(f"{path} not found: {hint}")
-    text = path.read_text(encoding="utf-8")
+    if not path.is_file():
+        raise IsADirectoryError(f"{path} is a folder, not a WikiText file: point --data-dir at "
+                                "the folder that holds DATASET/wiki.*.tokens")
+    text = read_utf8(path, "corpus")
     if not text.strip():
         raise ValueError(f"{path} is empty: restore it (or download it again)")
     return text
@@ -109,19 +114,26 @@ def read_wikitext(name: str = SHIPPED, split: str = "train", data_dir=None, down
 
 
 def _extract(archive: Path, target: Path, expected: dict[str, str]) -> None:
-    """Extract wikitext-2/wiki.*.tokens, verify each file, then move the folder in place."""
+    """Extract the missing wikitext-2/wiki.*.tokens into a temporary folder beside `target`,
+    verify each one, then move them into `target`. Files already in `target` are never touched,
+    nor is anything else there: the folder may hold the user's own files."""
     try:
-        with zipfile.ZipFile(archive) as zf, building(target) as tmp:
-            for split, sha256 in expected.items():
+        with zipfile.ZipFile(archive) as zf, tempfile.TemporaryDirectory(
+                dir=target.parent, prefix=".extract-") as tmp:
+            missing = [s for s in expected if not (target / f"wiki.{s}.tokens").exists()]
+            for split in missing:
                 member = f"wikitext-2/wiki.{split}.tokens"
-                out = tmp / f"wiki.{split}.tokens"  # a name we choose: no path from the archive
+                out = Path(tmp) / f"wiki.{split}.tokens"  # a name we choose: no path from the archive
                 try:
                     with zf.open(member) as src, open(out, "wb") as dst:
                         shutil.copyfileobj(src, dst)
                 except KeyError:
                     raise OSError(f"{archive} has no member {member}") from None
-                if digest(out, "sha256") != sha256:
+                if digest(out, "sha256") != expected[split]:
                     raise OSError(f"{member} in {archive} fails its sha256 check")
+            target.mkdir(exist_ok=True)
+            for split in missing:  # all verified: now move them in (a rename, not a copy)
+                os.replace(Path(tmp) / f"wiki.{split}.tokens", target / f"wiki.{split}.tokens")
     except zipfile.BadZipFile as e:
         raise OSError(f"{archive} is not a valid zip archive ({e}): delete it and retry") from None
 
@@ -131,19 +143,21 @@ def download_wikitext2(data_dir=None, mirrors=WIKITEXT2_MIRRORS, sha1=WIKITEXT2_
     """Download and verify WikiText-2 into `data_dir/wikitext-2/`; return that folder.
 
     Tries each mirror in turn; the archive is checked against its sha1 and every extracted file
-    against its sha256. Nothing half-written is left behind on failure.
+    against its sha256. Nothing half-written is left behind on failure, and nothing that is
+    already in the folder is deleted or replaced: only missing splits are added.
     Explained in notebooks/01_wikitext_and_vocab.ipynb.
     """
     data_dir = Path(data_dir or default_data_dir())
     target = data_dir / "wikitext-2"
     if all((target / f"wiki.{s}.tokens").exists() for s in SPLITS):
         return target
+    if data_dir.exists() and not data_dir.is_dir():
+        raise NotADirectoryError(f"{data_dir} is a file: give --data-dir a folder")
     data_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(data_dir)  # what a killed download or extraction left
     archive = fetch_verified(
         mirrors, data_dir / "wikitext-2-v1.zip", sha1, "sha1", timeout, what="WikiText-2",
         hint=f"Download wikitext-2-v1.zip by hand (sha1 {sha1}) and put it at "
              f"{data_dir / 'wikitext-2-v1.zip'}, or unzip it so that {target}/wiki.train.tokens exists.")
-    if target.exists():
-        shutil.rmtree(target)  # a partial folder from someone's manual attempt
     _extract(archive, target, file_sha256 or WIKITEXT2_SHA256)
     return target

@@ -61,8 +61,8 @@ def test_training_lowers_the_loss_and_records_everything(tiny):
 def test_cli_pretrain_writes_a_run_and_refuses_to_overwrite(tmp_path, capsys):
     run = tmp_path / "run"
     main(["pretrain", "--run-dir", str(run), "--steps", "4", *SMALL])
-    assert sorted(p.name for p in run.iterdir()) == [
-        "checkpoint.pt", "config.json", "loss.png", "metrics.jsonl", "vocab.txt"]
+    assert sorted(p.name for p in run.iterdir()) == [  # .bertlite-run: marker and lock
+        ".bertlite-run", "checkpoint.pt", "config.json", "loss.png", "metrics.jsonl", "vocab.txt"]
     assert "MLM loss" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="--resume"):
         main(["pretrain", "--run-dir", str(run), "--steps", "4", *SMALL])
