@@ -127,16 +127,6 @@ def load_torch(path, map_location="cpu", keys=()) -> dict:
     return state
 
 
-def config_from_file(path, section=None):
-    """The model config in a `config.json` (or its `section`), with errors naming the file."""
-    from .model import BERTConfig
-    obj = read_json(path, [section] if section else [])
-    try:
-        return BERTConfig(**(obj[section] if section else obj))
-    except (TypeError, ValueError) as e:  # an unknown key, or a value out of range
-        raise ValueError(f"{path}: {e}: not a bertlite model config, or edited") from None
-
-
 HINTS = {errno.ENOSPC: "free some space, or write elsewhere", errno.EACCES: "check its permissions",
          errno.EPERM: "check its permissions", errno.EROFS: "write elsewhere",
          errno.EISDIR: "a file was expected there", errno.ENOTDIR: "a folder was expected there",

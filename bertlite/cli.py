@@ -19,7 +19,7 @@ import traceback
 import warnings
 from pathlib import Path
 
-from .checks import ConfigError, config_from_file, flag, one_line, read_json, write_atomic
+from .checks import ConfigError, flag, one_line, read_json, write_atomic
 from .masking import MASKING
 from .model import BERTConfig
 from .rundir import Interrupted
@@ -132,7 +132,7 @@ def _resume_config(args):
         raise FileNotFoundError(f"{run_dir}/checkpoint.pt not found: nothing to resume (start "
                                 f"a new run with --run-dir)")
     saved = read_json(run_dir / "config.json", ("data", "model", "train"))
-    model_cfg = config_from_file(run_dir / "config.json", "model")
+    model_cfg = BERTConfig.from_file(run_dir / "config.json", "model")
     data = saved["data"]
     given = {name: getattr(args, name) for name in DATA_FLAGS if getattr(args, name) is not None}
     was = {name: data.get(key, default) for name, (key, default) in DATA_FLAGS.items()}

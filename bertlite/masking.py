@@ -2,6 +2,8 @@
 
 All of them share `mask_tokens`' inputs and outputs (and its budget: 15% of each row's maskable
 tokens, at most `max_preds`), so the dataset and the trainer do not care which one made a batch.
+The primitives they share (which positions may be masked, the per-row budget, the 80/10/10
+replacement) come first; data.py imports them from here, and this file imports nothing of data.py.
 They differ only in *which* positions are chosen: whole words, never a lone `##` piece, in spans
 of 1 or more words. `mask_tokens` itself is the "token" strategy.
 
@@ -14,8 +16,84 @@ from __future__ import annotations
 
 import numpy as np
 
-from .data import mask_tokens, maskable_positions, prediction_budget, replace_predicted
 from .vocab import Vocab
+
+
+def maskable_positions(tokens, valid_lens, vocab: Vocab, never_mask=()) -> np.ndarray:
+    """(N, T) bool: the positions masking may choose. Inside the valid length, not in
+    `never_mask`, not a special token: `<unk>` counts as one, since predicting it teaches
+    nothing (the book and Google's script do mask it). Explained in notebooks/03_masking.ipynb.
+    """
+    never = np.zeros(len(vocab), bool)
+    never[vocab.specials] = True
+    never[list(never_mask)] = True
+    tokens = np.asarray(tokens)
+    return (np.arange(tokens.shape[1]) < np.asarray(valid_lens)[:, None]) & ~never[tokens]
+
+
+def prediction_budget(maskable, mask_prob: float, max_preds: int) -> np.ndarray:
+    """(N,) how many positions each row predicts: max(1, round(mask_prob * n)) of its n maskable
+    positions, never more than n or `max_preds`. (The book and Google's script count `<cls>` and
+    `<sep>` in n; we count only what can be masked, so the rate is 15% of the maskable tokens.)
+    """
+    n_maskable = maskable.sum(1)
+    budget = np.minimum(np.maximum(1, np.round(mask_prob * n_maskable)), n_maskable)
+    return np.minimum(budget, max_preds).astype(np.int64)
+
+
+def replace_predicted(tokens, positions, real, vocab: Vocab, rng: np.random.Generator,
+                      mask_token_prob=0.8, random_token_prob=0.1, u=None) -> dict:
+    """The MLM batch for chosen `positions` (N, P), of which `real` (N, P) are predictions and
+    the rest padding: each real position becomes `<mask>` with probability `mask_token_prob`, a
+    random ordinary (never special) token with `random_token_prob`, and stays as it is
+    otherwise; `u` (N, P) are the uniform draws that decide it (by default one per position).
+    Returns the masked tokens (a copy), the positions (0 in padding), MLM weights (1 real, 0
+    padding) and labels (the original tokens, 0 in padding).
+    Explained in notebooks/03_masking.ipynb.
+    """
+    if not (min(mask_token_prob, random_token_prob) >= 0
+            and mask_token_prob + random_token_prob <= 1):
+        raise ValueError("need mask_token_prob, random_token_prob >= 0 with a sum <= 1")
+    tokens = np.asarray(tokens)
+    positions = np.where(real, positions, 0)
+    rows = np.arange(len(tokens))[:, None]
+    labels = np.where(real, tokens[rows, positions], 0)
+    u = rng.random(real.shape) if u is None else u
+    ordinary = np.flatnonzero(~np.isin(np.arange(len(vocab)), vocab.specials))
+    replacement = np.where(u < mask_token_prob, vocab["<mask>"],
+                           np.where(u < mask_token_prob + random_token_prob,
+                                    rng.choice(ordinary, real.shape), labels))
+    masked = tokens.copy()
+    masked[rows, positions] = np.where(real, replacement, masked[rows, positions])
+    return {"tokens": masked, "pred_positions": positions, "mlm_weights": real.astype(np.float32),
+            "mlm_labels": labels}
+
+
+def mask_tokens(tokens, valid_lens, vocab: Vocab, rng: np.random.Generator, mask_prob=0.15,
+                mask_token_prob=0.8, random_token_prob=0.1, never_mask=(), max_preds=None):
+    """Masked-LM inputs for a batch of token ids (N, T); the input is not changed.
+
+    In each row, `prediction_budget` of the maskable positions (`maskable_positions`) are chosen
+    at random and replaced 80/10/10 by `replace_predicted`. The predicted positions are sorted
+    and padded to `max_preds` (default round(mask_prob * T)) slots.
+    Explained in notebooks/03_masking.ipynb.
+    """
+    if not 0 < mask_prob <= 1:
+        raise ValueError(f"need 0 < mask_prob <= 1, got {mask_prob}")
+    tokens = np.asarray(tokens)
+    n, t = tokens.shape
+    max_preds = round(mask_prob * t) if max_preds is None else max_preds
+    if max_preds < 1:
+        raise ValueError(f"max_preds={max_preds}: sequences of {t} tokens leave no room to predict")
+    maskable = maskable_positions(tokens, valid_lens, vocab, never_mask)  # (N, T)
+    n_preds = prediction_budget(maskable, mask_prob, max_preds)          # (N,)
+    # A random order of each row's maskable positions: sort random keys, unmaskable ones last.
+    keys = np.where(maskable, rng.random((n, t)), 2.0)
+    chosen = np.argsort(keys, axis=1)[:, :max_preds]                # (N, P)
+    real = np.arange(max_preds) < n_preds[:, None]                  # (N, P) real slot or padding
+    positions = np.sort(np.where(real, chosen, t), axis=1)          # real slots first, in order
+    return replace_predicted(tokens, positions, real, vocab, rng, mask_token_prob,
+                             random_token_prob)
 
 
 def find_word_starts(tokens, vocab: Vocab) -> np.ndarray:

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checks import ConfigError, check_choice, check_range, check_types
+from .checks import ConfigError, check_choice, check_range, check_types, read_json
 
 
 @dataclass
@@ -69,6 +69,15 @@ class BERTConfig:
             raise ConfigError(f"--preset: unknown preset {name!r}; choose d2l or one of "
                               f"{', '.join(sizes)}")
         return replace(config, **overrides)
+
+    @classmethod
+    def from_file(cls, path, section=None) -> "BERTConfig":
+        """The model config in a `config.json` (or its `section`), with errors naming the file."""
+        obj = read_json(path, [section] if section else [])
+        try:
+            return cls(**(obj[section] if section else obj))
+        except (TypeError, ValueError) as e:  # an unknown key, or a value out of range
+            raise ValueError(f"{path}: {e}: not a bertlite model config, or edited") from None
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -23,8 +23,7 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
-from .checks import (check_choice, check_range, check_types, config_from_file, load_torch,
-                     write_atomic)
+from .checks import check_choice, check_range, check_types, load_torch, write_atomic
 from .loss import fused_mlm_loss, nsp_accuracy, nsp_loss, pretrain_loss
 from .model import BERTConfig, BERTModel, evaluating
 from .rundir import Interrupted, stopping_on_signals
@@ -183,7 +182,7 @@ def load_pretrained(folder):
     Explained in notebooks/06_pretraining.ipynb."""
     from .vocab import Vocab
     folder = Path(folder)
-    config = config_from_file(folder / "config.json")
+    config = BERTConfig.from_file(folder / "config.json")
     vocab = Vocab.load(folder / "vocab.txt", size=config.vocab_size)
     net = BERTModel(config)
     net.load_state_dict(load_torch(folder / "model.pt"))

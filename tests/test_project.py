@@ -33,3 +33,15 @@ def test_environment_yml_lists_what_pyproject_lists():
 def test_ci_pins_the_cpu_torch_before_installing_the_project():
     ci = (ROOT / ".ci" / "run").read_text()
     assert "torch==" in ci and ci.index("torch==") < ci.index("pip install --quiet -e")
+
+
+def test_no_two_modules_import_each_other():
+    # design.md: data flows one way; a module-level or function-level import counts alike.
+    import ast
+    imports = {}
+    for path in (ROOT / "bertlite").glob("*.py"):
+        tree = ast.parse(path.read_text())
+        imports[path.stem] = {n.module.split(".")[0] for n in ast.walk(tree)
+                              if isinstance(n, ast.ImportFrom) and n.level == 1 and n.module}
+    cycles = [(a, b) for a in imports for b in imports[a] if a < b and a in imports.get(b, ())]
+    assert cycles == []
