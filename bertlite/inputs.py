@@ -30,15 +30,22 @@ class Tokenizer(Protocol):
 
 
 def truncate_pair(a: list, b: list | None, budget: int) -> tuple[list, list | None]:
-    """Drop tokens from the end of the longer part until both fit in `budget` tokens
-    (Hugging Face's "longest_first": a long sentence B does not eat all of A)."""
-    a, b = list(a), None if b is None else list(b)
-    while len(a) + (len(b) if b is not None else 0) > budget:
-        if b is not None and len(b) > len(a):
-            b.pop()
-        else:
-            a.pop()
-    return a, b
+    """Cut the ends of `a` and `b` so that together they fit in `budget` tokens, as Hugging Face's
+    "longest_first" does: the shorter part keeps all it has if the longer can take the rest,
+    otherwise both get half (the one that was longer gets an odd token). A long sentence B thus
+    never eats all of A, and the ids equal transformers' on every pair."""
+    a = list(a)
+    if b is None:
+        return a[:budget], None
+    b = list(b)
+    if len(a) + len(b) <= budget:
+        return a, b
+    n_short, n_long = sorted((len(a), len(b)))
+    n_long = n_short if n_short > budget else max(n_short, budget - n_short)
+    if n_short + n_long > budget:  # both must be cut
+        n_short, n_long = budget // 2, budget // 2 + budget % 2
+    n_a, n_b = (n_long, n_short) if len(a) > len(b) else (n_short, n_long)
+    return a[:n_a], b[:n_b]
 
 
 def encode_text(tokenizer: Tokenizer, text: str, text_pair: str | None = None,

@@ -32,6 +32,9 @@ def test_one_text_and_a_pair(kind):
 def test_truncation_cuts_the_longer_part_first():
     assert truncate_pair([1, 2, 3], [4, 5, 6, 7, 8], 6) == ([1, 2, 3], [4, 5, 6])
     assert truncate_pair([1, 2, 3, 4], None, 2) == ([1, 2], None)
+    # both too long: half each, the odd token to the part that was longer (as transformers)
+    assert [len(p) for p in truncate_pair([0] * 37, [1] * 33, 61)] == [31, 30]
+    assert [len(p) for p in truncate_pair([0] * 40, [1] * 40, 21)] == [10, 11]
     ids, _ = encode_text(tokenizers()["wordpiece"], "the crane flew over the river", max_len=4)
     assert len(ids) == 4
     with pytest.raises(ValueError, match="no room"):

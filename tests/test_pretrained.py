@@ -70,6 +70,10 @@ def test_real_checkpoint_matches_transformers(real, transformers):
     ref_tok = transformers.BertTokenizer.from_pretrained(resolve(NAME))
     for text in texts:  # bertlite's WordPiece gives transformers' ids
         assert tok.convert_tokens_to_ids(tok.tokenize(text)) == ref_tok(text, add_special_tokens=False)["input_ids"]
+    for max_len in (9, 20, 31):  # transformers' truncation of pairs, odd budgets included
+        ours = encode_batch(tok, texts[:4], texts[4:8], max_len=max_len)["tokens"]
+        ref = ref_tok(texts[:4], texts[4:8], truncation=True, max_length=max_len, padding=True)
+        assert ours.tolist() == ref["input_ids"], max_len
     batch = encode_batch(tok, texts[:4], texts[4:8], max_len=48)  # pairs, cut longest first
     ref_in = ref_tok(texts[:4], texts[4:8], truncation=True, max_length=48, padding=True,
                      return_tensors="pt")
