@@ -13,7 +13,8 @@ from .finetune import TopicDataset
 
 
 def concat_topics(datasets) -> TopicDataset:
-    """One `TopicDataset` holding the examples of several (the splits of one task)."""
+    """One `TopicDataset` holding the examples of several (the splits of one task).
+    Explained in notebooks/10_real_bert.ipynb."""
     datasets = list(datasets)
     arrays = {k: torch.cat([d.arrays[k] for d in datasets]) for k in datasets[0].arrays}
     return TopicDataset(arrays["tokens"].numpy(), arrays["valid_lens"].numpy(),
@@ -22,7 +23,8 @@ def concat_topics(datasets) -> TopicDataset:
 
 
 def subset(ds: TopicDataset, index) -> TopicDataset:
-    """The examples of `ds` at `index` (a list of ints), as a `TopicDataset`."""
+    """The examples of `ds` at `index` (a list of ints), as a `TopicDataset`.
+    Explained in notebooks/10_real_bert.ipynb."""
     index = torch.as_tensor(index, dtype=torch.long)
     a = {k: v[index] for k, v in ds.arrays.items()}
     return TopicDataset(a["tokens"].numpy(), a["valid_lens"].numpy(), a["label"].numpy(),
@@ -42,7 +44,8 @@ def article_folds(ds: TopicDataset, k: int = 3) -> list[list[int]]:
 
 
 def bag_of_words(ds: TopicDataset, vocab_size: int, specials=()) -> torch.Tensor:
-    """(N, V) frequency of each token in each example, special tokens left out."""
+    """(N, V) frequency of each token in each example, special tokens left out.
+    Explained in notebooks/10_real_bert.ipynb."""
     t = ds.arrays["tokens"]                                             # (N, T)
     x = torch.zeros(len(t), vocab_size).scatter_add_(1, t, torch.ones(t.shape))
     x[:, list(specials)] = 0

@@ -33,7 +33,8 @@ def truncate_pair(a: list, b: list | None, budget: int) -> tuple[list, list | No
     """Cut the ends of `a` and `b` so that together they fit in `budget` tokens, as Hugging Face's
     "longest_first" does: the shorter part keeps all it has if the longer can take the rest,
     otherwise both get half (the one that was longer gets an odd token). A long sentence B thus
-    never eats all of A, and the ids equal transformers' on every pair."""
+    never eats all of A, and the ids equal transformers' on every pair.
+    Explained in notebooks/10_real_bert.ipynb."""
     a = list(a)
     if b is None:
         return a[:budget], None
