@@ -23,15 +23,16 @@ BATCH_KEYS = ("tokens", "segments", "valid_lens", "pred_positions", "mlm_weights
               "nsp_labels")
 
 
-def tokens_and_segments(tokens_a, tokens_b=None):
+def tokens_and_segments(tokens_a, tokens_b=None, cls: str = "<cls>", sep: str = "<sep>"):
     """`<cls> A <sep>` (and `B <sep>`), with segment id 0 for the first part and 1 for B.
+    `cls` and `sep` spell the two specials: WordPiece writes them `[CLS]` and `[SEP]`.
 
     Explained in notebooks/02_tokens_segments_nsp.ipynb.
     """
-    tokens = ["<cls>", *tokens_a, "<sep>"]
+    tokens = [cls, *tokens_a, sep]
     segments = [0] * len(tokens)
     if tokens_b is not None:
-        tokens += [*tokens_b, "<sep>"]
+        tokens += [*tokens_b, sep]
         segments += [1] * (len(tokens_b) + 1)
     return tokens, segments
 

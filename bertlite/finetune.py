@@ -106,8 +106,10 @@ def load_topic_dataset(split: str, vocab, max_len: int = 64, name: str = SHIPPED
 
     Pre-training drops a sentence pair that is too long, since a cut sentence changes the
     question NSP asks; here the question (what is this paragraph about?) has the same answer
-    for its first 62 tokens, and dropping long paragraphs would drop most of them.
-    Explained in notebooks/09_fine_tuning.ipynb.
+    for its first 62 tokens, and dropping long paragraphs would drop most of them. `vocab` is
+    any tokenizer (`bertlite.inputs.Tokenizer`): a word-level `Vocab`, or WordPiece, which cuts
+    the paragraph's words into pieces first.
+    Explained in notebooks/09_fine_tuning.ipynb and notebooks/10_real_bert.ipynb.
     """
     if max_len < 3:
         raise ValueError(f"max_len={max_len}: <cls> x <sep> needs at least 3 tokens")
@@ -119,14 +121,16 @@ def load_topic_dataset(split: str, vocab, max_len: int = 64, name: str = SHIPPED
             raise ValueError(f"article {title!r} of {name}/{split} is missing from categories.tsv "
                              "or listed there with another split: fix the table")
         for p in paragraphs:
-            words = [w for sentence in p for w in sentence][:max_len - 2]  # truncate
-            rows.append(vocab.encode(["<cls>", *words, "<sep>"]))
+            words = vocab.tokenize(" ".join(w for sentence in p for w in sentence))
+            rows.append(vocab.convert_tokens_to_ids(
+                [vocab.cls_token, *words[:max_len - 2], vocab.sep_token]))  # truncate
             labels.append(categories.index(table[title][0]))
             titles.append(title)
     if not rows:
         raise ValueError(f"{name}/{split} has no article: a WikiText file starts each one with a "
                          "` = Title = ` line")
-    tokens = np.full((len(rows), max_len), vocab["<pad>"], dtype=np.int64)  # (N, T)
+    pad = vocab.convert_tokens_to_ids([vocab.pad_token])[0]
+    tokens = np.full((len(rows), max_len), pad, dtype=np.int64)  # (N, T)
     for i, r in enumerate(rows):
         tokens[i, :len(r)] = r
     return TopicDataset(tokens, np.array([len(r) for r in rows], np.int64), np.array(labels, np.int64),

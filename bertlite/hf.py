@@ -17,6 +17,7 @@ import torch
 from .model import BERTConfig, BERTModel
 
 HEADS = ("pooler.", "mlm.", "nsp.")  # absent from a plain BertModel checkpoint
+DECODER_BIAS = "cls.predictions.decoder.bias"  # transformers' second name for the MLM bias
 
 
 def hf_name_map(layers: int) -> dict[str, str]:
@@ -109,12 +110,18 @@ def load_hf_checkpoint(folder) -> tuple[BERTModel, LoadReport]:
     net = BERTModel(config)
     ours = net.state_dict()
     names = hf_name_map(config.layers)
+    state = _read_state(folder)
+    # Transformers adds `cls.predictions.decoder.bias` to the logits. Tied, it is the same tensor as
+    # `cls.predictions.bias`; untied (tie_word_embeddings=False) it is its own parameter and the
+    # other one is unused, so it is the one to load whenever the checkpoint has it.
+    if DECODER_BIAS in state:
+        state["cls.predictions.bias"] = state.pop(DECODER_BIAS)
     loaded, unexpected = set(), []
-    for key, tensor in _read_state(folder).items():
+    for key, tensor in state.items():
         hf = key if key.startswith(("bert.", "cls.")) else "bert." + key  # BertModel has no prefix
         name = names.get(hf)
         if name is None:
-            if not hf.endswith(("position_ids", "cls.predictions.decoder.bias")):  # buffer; a copy of predictions.bias
+            if not hf.endswith("position_ids"):  # a buffer, not a parameter
                 unexpected.append(key)
             continue
         if tensor.shape != ours[name].shape:
@@ -141,5 +148,7 @@ def save_hf_checkpoint(net: BERTModel, folder) -> None:
     state = {hf: _flip_nsp(name, ours[name]).detach().cpu().contiguous()
              for hf, name in hf_name_map(net.config.layers).items()
              if not (net.config.tie_decoder and name == "mlm.decoder.weight")}  # tied: stored once
+    if not net.config.tie_decoder:  # untied, transformers reads the decoder's own bias
+        state[DECODER_BIAS] = state["cls.predictions.bias"].clone()
     save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
     (folder / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")

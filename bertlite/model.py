@@ -328,14 +328,17 @@ def evaluating(net: nn.Module):
 def get_bert_encoding(net: BERTModel, vocab, tokens_a, tokens_b=None):
     """Contextual representations (T, H) of `<cls> a <sep> [b <sep>]`, in eval mode without
     gradients (the book's demo forgets both, so dropout changes its numbers on every run).
+    `vocab` is any tokenizer (a word-level `Vocab` or WordPiece); `tokens_a` and `tokens_b` are
+    lists of its tokens, or texts that it tokenizes.
 
-    Explained in notebooks/06_pretraining.ipynb.
+    Explained in notebooks/06_pretraining.ipynb and notebooks/10_real_bert.ipynb.
     """
     from .data import tokens_and_segments
-    tokens, segments = tokens_and_segments(tokens_a, tokens_b)
+    tokens_a, tokens_b = (vocab.tokenize(t) if isinstance(t, str) else t for t in (tokens_a, tokens_b))
+    tokens, segments = tokens_and_segments(tokens_a, tokens_b, vocab.cls_token, vocab.sep_token)
     device = next(net.parameters()).device
     with evaluating(net):
-        ids = torch.tensor([vocab[tokens]], device=device)
+        ids = torch.tensor([vocab.convert_tokens_to_ids(tokens)], device=device)
         return net.encode(ids, torch.tensor([segments], device=device))[0]
 
 

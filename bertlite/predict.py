@@ -1,7 +1,7 @@
 """Using a pre-trained model: fill in masked words, and measure how surprised the model is.
 
-`fill_mask` works like the Hugging Face fill-mask pipeline: write `<mask>` (a word-level
-`bertlite.vocab.Vocab`) or `[MASK]` (a WordPiece tokenizer) where a word is missing, and get the
+`fill_mask` works like the Hugging Face fill-mask pipeline: write the tokenizer's mask, `<mask>`
+(a word-level `bertlite.vocab.Vocab`) or `[MASK]` (WordPiece), where a word is missing, and get the
 model's top-k guesses with their probabilities. `perplexity` turns the validation MLM loss into
 "as unsure as a uniform choice among this many words".
 """
@@ -12,20 +12,6 @@ import torch
 from .data import tokens_and_segments
 from .model import evaluating
 from .train import evaluate
-
-
-def _conventions(vocab_or_tokenizer):
-    """(mask, cls, sep, tokenize, to_ids) for a word-level Vocab or a WordPiece tokenizer.
-
-    Anything with `tokenize`, `convert_tokens_to_ids` and `convert_ids_to_tokens` counts as a
-    WordPiece tokenizer (bertlite.wordpiece's and transformers' BertTokenizer both do).
-    """
-    tok = vocab_or_tokenizer
-    if hasattr(tok, "tokenize"):
-        return (getattr(tok, "mask_token", "[MASK]"), getattr(tok, "cls_token", "[CLS]"),
-                getattr(tok, "sep_token", "[SEP]"), tok.tokenize, tok.convert_tokens_to_ids)
-    # Word level, as WikiText is written: lowercase, split on spaces ("marsh ." not "marsh.").
-    return "<mask>", "<cls>", "<sep>", lambda s: s.lower().split(), tok.__getitem__
 
 
 def _tokenize(text: str, mask: str, tokenize) -> list[str]:
@@ -55,11 +41,11 @@ def fill_mask(model, vocab_or_tokenizer, text: str, top_k: int = 5, text_pair: s
     """
     if not isinstance(top_k, int) or top_k < 1:
         raise ValueError(f"top_k must be a positive integer, got {top_k!r}")
-    mask, cls, sep, tokenize, to_ids = _conventions(vocab_or_tokenizer)
-    tokens_a = _tokenize(text, mask, tokenize)
-    tokens_b = None if text_pair is None else _tokenize(text_pair, mask, tokenize)
-    tokens, segments = tokens_and_segments(tokens_a, tokens_b)
-    tokens[0], tokens[len(tokens_a) + 1], tokens[-1] = cls, sep, sep  # this vocabulary's spelling
+    tok = vocab_or_tokenizer  # the tokenizer interface: bertlite.inputs.Tokenizer
+    mask, cls, sep = tok.mask_token, tok.cls_token, tok.sep_token
+    tokens_a = _tokenize(text, mask, tok.tokenize)
+    tokens_b = None if text_pair is None else _tokenize(text_pair, mask, tok.tokenize)
+    tokens, segments = tokens_and_segments(tokens_a, tokens_b, cls, sep)
     positions = [i for i, t in enumerate(tokens) if t == mask]
     if not positions:
         raise ValueError(f"no {mask} in the text: write {mask} (separated by spaces) where the "
@@ -68,8 +54,8 @@ def fill_mask(model, vocab_or_tokenizer, text: str, top_k: int = 5, text_pair: s
     if len(tokens) > config.max_len:
         raise ValueError(f"the text is {len(tokens)} tokens with {cls} and {sep}, more than the "
                          f"model's max_len={config.max_len}: shorten it")
-    ids = list(to_ids(tokens))
-    if not hasattr(vocab_or_tokenizer, "tokenize") and len(vocab_or_tokenizer) != config.vocab_size:
+    ids = list(tok.convert_tokens_to_ids(tokens))
+    if len(tok) != config.vocab_size:
         raise ValueError(f"the vocabulary has {len(vocab_or_tokenizer)} tokens but the model "
                          f"{config.vocab_size}: use the vocabulary the model was trained with")
     if max(ids) >= config.vocab_size:
@@ -84,12 +70,10 @@ def fill_mask(model, vocab_or_tokenizer, text: str, top_k: int = 5, text_pair: s
                     torch.tensor([positions], device=device))         # (1, M) the masks
     probs = out.mlm_logits[0].float().softmax(dim=-1)                     # (M, V)
     scores, best = probs.topk(min(top_k, probs.shape[-1]), dim=-1)        # (M, k) each
-    to_tokens = (getattr(vocab_or_tokenizer, "convert_ids_to_tokens", None)
-                 or vocab_or_tokenizer.to_tokens)
     results = []
     for pos, row_scores, row_ids in zip(positions, scores.tolist(), best.tolist()):
         row = []
-        for score, token_id, token in zip(row_scores, row_ids, to_tokens(row_ids)):
+        for score, token_id, token in zip(row_scores, row_ids, tok.convert_ids_to_tokens(row_ids)):
             filled = tokens[:pos] + [token] + tokens[pos + 1:]
             sequence = _detokenize(filled[1:len(tokens_a) + 1])
             if tokens_b is not None:

@@ -14,12 +14,18 @@ SPECIAL_TOKENS = ("<pad>", "<mask>", "<cls>", "<sep>", "<unk>")
 class Vocab:
     """Map tokens to ids and back.
 
+    It speaks the tokenizer interface that WordPiece (and transformers' BertTokenizer) speak too:
+    `tokenize`, `convert_tokens_to_ids`, `convert_ids_to_tokens` and the special tokens' names
+    (`cls_token` ...), so encodings, fill-mask and fine-tuning data take either.
+
     Special tokens come first (`<pad>`=0, `<mask>`=1, `<cls>`=2, `<sep>`=3, `<unk>`=4), then every
     token seen at least `min_freq` times, most frequent first (ties in alphabetical order, so the
     ids do not depend on the order of the corpus). Unknown tokens map to `<unk>`.
 
     Explained in notebooks/01_wikitext_and_vocab.ipynb.
     """
+
+    pad_token, mask_token, cls_token, sep_token, unk_token = SPECIAL_TOKENS
 
     def __init__(self, tokens=(), min_freq: int = 1, specials=SPECIAL_TOKENS, counts=None):
         if min_freq < 1:
@@ -53,6 +59,17 @@ class Vocab:
         if isinstance(ids, (int, np.integer)):
             return self.idx_to_token[ids]
         return [self.idx_to_token[int(i)] for i in ids]
+
+    def tokenize(self, text: str) -> list[str]:
+        """Words of `text` as WikiText writes them: lowercase, split on spaces ("marsh ." not
+        "marsh."). Explained in notebooks/10_real_bert.ipynb."""
+        return text.lower().split()
+
+    def convert_tokens_to_ids(self, tokens) -> list[int]:
+        return self[list(tokens)]
+
+    def convert_ids_to_tokens(self, ids) -> list[str]:
+        return self.to_tokens(list(ids))
 
     def encode(self, tokens) -> np.ndarray:
         """Ids of many tokens as an int64 array (the fast path for whole corpora)."""

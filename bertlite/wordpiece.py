@@ -118,8 +118,11 @@ class WordPieceTokenizer:
 
     The special tokens [PAD] [UNK] [CLS] [SEP] [MASK] must be in the vocabulary; where they
     appear literally (in capitals) in a text they stay whole, as in Hugging Face's BertTokenizer.
+    Its special tokens' names (`cls_token` ...) and `convert_*` methods are those of the
+    tokenizer interface that the word-level `Vocab` also speaks.
     Explained in notebooks/07_masking_strategies.ipynb.
     """
+    pad_token, unk_token, cls_token, sep_token, mask_token = SPECIALS
 
     def __init__(self, tokens, lowercase: bool = True, strip_accents: bool | None = None):
         self.idx_to_token = list(tokens)

@@ -28,6 +28,16 @@ def padded_batch():
     return tokens, segments, valid_lens, pred_positions
 
 
+def perturb(model, seed=0):
+    """Move every parameter away from its init (biases start at 0, LayerNorm gains at 1: left
+    there, a bias or gain read into the wrong place would not change a single output)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():  # a tied matrix is listed (and moved) once
+            p.add_(0.1 * torch.randn(p.shape, generator=g))
+    return model.eval()
+
+
 def compare(hf, net, atol=1e-5):
     tokens, segments, valid_lens, pred = padded_batch()
     attention_mask = (torch.arange(16) < valid_lens[:, None]).long()
@@ -44,25 +54,48 @@ def compare(hf, net, atol=1e-5):
 
 
 @pytest.mark.parametrize("act", ["gelu", "relu"])
-def test_load_pretraining_checkpoint_matches_transformers(tmp_path, act):
+@pytest.mark.parametrize("tied", [True, False])
+def test_load_pretraining_checkpoint_matches_transformers(tmp_path, act, tied):
     torch.manual_seed(0)
-    hf = transformers.BertForPreTraining(hf_config(hidden_act=act)).eval()
+    hf = perturb(transformers.BertForPreTraining(hf_config(hidden_act=act, tie_word_embeddings=tied)))
+    if not tied:  # transformers adds decoder.bias; predictions.bias is then a stray copy
+        assert not torch.equal(hf.cls.predictions.decoder.bias, hf.cls.predictions.bias)
     hf.save_pretrained(tmp_path)
     net, report = load_hf_checkpoint(tmp_path)
     assert report.missing == [] and report.unexpected == []
+    assert net.config.tie_decoder == tied
     compare(hf, net.eval())
 
 
-def test_round_trip_bertlite_to_hf_and_back(tmp_path):
+@pytest.mark.parametrize("tied", [True, False])
+def test_export_bertlite_to_hf_and_back(tmp_path, tied):
     torch.manual_seed(0)
-    net = BERTModel(BERTConfig.preset("bert-tiny", 300, max_len=40)).eval()
+    config = BERTConfig.preset("bert-tiny", 300, max_len=40, tie_decoder=tied)
+    net = perturb(BERTModel(config))
     save_hf_checkpoint(net, tmp_path / "out")
-    hf = transformers.BertForPreTraining.from_pretrained(tmp_path / "out").eval()
-    compare(hf, net)
+    hf, info = transformers.BertForPreTraining.from_pretrained(tmp_path / "out",
+                                                               output_loading_info=True)
+    assert all(not v for v in info.values()), info  # nothing missing, unexpected or re-initialised
+    compare(hf.eval(), net)
     back, report = load_hf_checkpoint(tmp_path / "out")
     assert report.missing == [] and report.unexpected == []
     for (name, a), b in zip(net.state_dict().items(), back.state_dict().values()):
         assert torch.equal(a, b), name
+
+
+def test_hf_round_trip_through_bertlite(tmp_path):
+    """transformers -> bertlite -> transformers gives back every tensor that the model uses
+    exactly; untied, `cls.predictions.bias` is used by nothing and comes back as decoder.bias."""
+    torch.manual_seed(0)
+    hf = perturb(transformers.BertForPreTraining(hf_config(tie_word_embeddings=False)))
+    hf.save_pretrained(tmp_path / "hf")
+    net, _ = load_hf_checkpoint(tmp_path / "hf")
+    save_hf_checkpoint(net, tmp_path / "again")
+    again = transformers.BertForPreTraining.from_pretrained(tmp_path / "again").eval()
+    for name, p in hf.state_dict().items():
+        if name != "cls.predictions.bias":
+            assert torch.equal(p, again.state_dict()[name]), name
+    compare(again, net.eval())
 
 
 def test_plain_bertmodel_checkpoint_reports_fresh_heads(tmp_path):
@@ -74,7 +107,7 @@ def test_plain_bertmodel_checkpoint_reports_fresh_heads(tmp_path):
 
 def test_pickle_checkpoint_is_loaded_safely(tmp_path):
     torch.manual_seed(0)
-    hf = transformers.BertForPreTraining(hf_config()).eval()
+    hf = perturb(transformers.BertForPreTraining(hf_config()))
     hf.config.save_pretrained(tmp_path)
     torch.save(hf.state_dict(), tmp_path / "pytorch_model.bin")  # the older pickle format
     net, _ = load_hf_checkpoint(tmp_path)

