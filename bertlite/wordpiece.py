@@ -156,6 +156,9 @@ class WordPieceTokenizer:
     def __len__(self):
         return len(self.idx_to_token)
 
+    def __repr__(self):
+        return f"WordPieceTokenizer({len(self)} pieces, {'lowercase' if self.lowercase else 'cased'})"
+
     @property
     def specials(self) -> list[int]:
         """Ids of the special tokens (never masked, never drawn as random replacements)."""
