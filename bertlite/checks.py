@@ -77,6 +77,14 @@ def read_utf8(path, what: str = "file") -> str:
                          f"save the {what} as UTF-8") from None
 
 
+def require_keys(obj, keys, path, what: str):
+    """`obj` if it is a dict holding every key in `keys`, else a ValueError naming the file."""
+    missing = [k for k in keys if not isinstance(obj, dict) or k not in obj]
+    if missing:
+        raise ValueError(f"{path} lacks {', '.join(missing)}: {what}")
+    return obj
+
+
 def read_json(path, keys=()) -> dict:
     """A JSON object from `path` that has every key in `keys`, or a ValueError naming the file."""
     path = Path(path)
@@ -85,10 +93,7 @@ def read_json(path, keys=()) -> dict:
     except json.JSONDecodeError as e:
         raise ValueError(f"{path} is not valid JSON (line {e.lineno}: {e.msg}): restore it from "
                          "a copy or write the run again") from None
-    missing = [k for k in keys if not isinstance(obj, dict) or k not in obj]
-    if missing:
-        raise ValueError(f"{path} lacks {', '.join(missing)}: not a file bertlite wrote, or edited")
-    return obj
+    return require_keys(obj, keys, path, "not a file bertlite wrote, or edited")
 
 
 def write_atomic(path, text: str) -> None:
@@ -121,10 +126,7 @@ def load_torch(path, map_location="cpu", keys=()) -> dict:
         first = (str(e).splitlines() or [type(e).__name__])[0]
         raise ValueError(f"{path} is not a readable bertlite file ({first[:200]}): restore it "
                          "or train again") from None
-    missing = [k for k in keys if not isinstance(state, dict) or k not in state]
-    if missing:
-        raise ValueError(f"{path} lacks {', '.join(missing)}: not a bertlite checkpoint")
-    return state
+    return require_keys(state, keys, path, "not a bertlite checkpoint")
 
 
 HINTS = {errno.ENOSPC: "free some space, or write elsewhere", errno.EACCES: "check its permissions",
