@@ -177,13 +177,28 @@ def save_pretrained(net: BERTModel, vocab, folder) -> None:
     vocab.save(folder / "vocab.txt")
 
 
+def load_vocab(path, size: int | None = None):
+    """The vocabulary in a run's or a saved model's vocab.txt: the word-level `Vocab` when it
+    begins with `<pad>` (as `Vocab.save` writes it), else WordPiece (BERT's vocab.txt begins with
+    [PAD]). With `size` (the model's vocab_size) the file must have that many tokens."""
+    from .checks import read_utf8
+    from .vocab import SPECIAL_TOKENS, Vocab
+    from .wordpiece import WordPieceTokenizer
+    if read_utf8(path, "vocabulary").split("\n", 1)[0] == SPECIAL_TOKENS[0]:
+        return Vocab.load(path, size=size)
+    vocab = WordPieceTokenizer.from_vocab_file(path)
+    if size is not None and len(vocab) != size:
+        raise ValueError(f"{path} has {len(vocab)} tokens but the model has vocab_size={size}: "
+                         "not the vocabulary this model was trained with; restore it from the run folder")
+    return vocab
+
+
 def load_pretrained(folder):
-    """(model in eval mode, vocabulary) from a folder written by `save_pretrained`.
-    Explained in notebooks/06_pretraining.ipynb."""
-    from .vocab import Vocab
+    """(model in eval mode, vocabulary: word-level or WordPiece) from a folder written by
+    `save_pretrained`. Explained in notebooks/06_pretraining.ipynb."""
     folder = Path(folder)
     config = BERTConfig.from_file(folder / "config.json")
-    vocab = Vocab.load(folder / "vocab.txt", size=config.vocab_size)
+    vocab = load_vocab(folder / "vocab.txt", size=config.vocab_size)
     net = BERTModel(config)
     net.load_state_dict(load_torch(folder / "model.pt"))
     return net.eval(), vocab

@@ -162,3 +162,55 @@ def test_pairs_longer_than_max_len_are_dropped_in_pieces(tok):
     assert (ds.valid_lens <= 32).all()
     assert len(ds) < len(load_pretrain_dataset(64, vocab=tok))
     assert set(SPECIALS) <= set(tok.idx_to_token)
+
+
+def one_line_error(e, capsys, code):
+    """The stderr line of a `main` that exited with status `code` (1 is `sys.exit(message)`,
+    whose message Python prints on the way out)."""
+    err = e.value.code if isinstance(e.value.code, str) else capsys.readouterr().err.rstrip("\n")
+    assert (1 if isinstance(e.value.code, str) else e.value.code) == code, err
+    assert err.startswith("error: ") and "\n" not in err, err
+    return err
+
+
+SMALL = ["--hidden", "32", "--ffn-hidden", "64", "--heads", "2", "--layers", "1",
+         "--batch-size", "8", "--no-progress", "--eval-every", "0", "--warmup-steps", "0"]
+
+
+def test_cli_pretrains_on_wordpiece_and_resumes(tmp_path, capsys):
+    import json
+
+    from bertlite.cli import main
+    from bertlite.train import load_pretrained, load_vocab, model_from_checkpoint, save_pretrained
+    from bertlite.wordpiece import WordPieceTokenizer
+    run = tmp_path / "run"
+    main(["pretrain", "--run-dir", str(run), "--tokenizer", "wordpiece", "--vocab-size", "1000",
+          "--steps", "2", *SMALL])
+    config = json.loads((run / "config.json").read_text())
+    assert config["data"]["tokenizer"] == "wordpiece" and config["data"]["vocab_size"] == 1000
+    vocab = load_vocab(run / "vocab.txt", config["model"]["vocab_size"])
+    assert isinstance(vocab, WordPieceTokenizer) and vocab.idx_to_token[:5] == list(SPECIALS)
+    net = model_from_checkpoint(run / "checkpoint.pt")
+    assert net.config.vocab_size == len(vocab)
+    save_pretrained(net, vocab, tmp_path / "saved")  # and a saved model reloads with WordPiece
+    again, tok = load_pretrained(tmp_path / "saved")
+    assert isinstance(tok, WordPieceTokenizer) and tok.idx_to_token == vocab.idx_to_token
+    main(["pretrain", "--resume", str(run), "--steps", "3", "--no-progress"])  # keeps WordPiece
+    assert "vocabulary 1000" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:  # resume refuses to change the tokenizer
+        main(["pretrain", "--resume", str(run), "--tokenizer", "word", "--no-progress"])
+    assert "--tokenizer word (the run has wordpiece)" in one_line_error(e, capsys, 1)
+
+
+@pytest.mark.parametrize("flags, code, name", [
+    (["--tokenizer", "bpe"], 2, "--tokenizer"),
+    (["--tokenizer", "wordpiece", "--vocab-size", "3"], 2, "--vocab-size"),
+    (["--tokenizer", "wordpiece", "--vocab-file", "missing.txt"], 1, "--vocab-file"),
+    (["--tokenizer", "wordpiece"], 2, "--vocab-size"),
+])
+def test_cli_bad_tokenizer_flags_are_one_line(tmp_path, capsys, flags, code, name):
+    from bertlite.cli import main
+    with pytest.raises(SystemExit) as e:
+        main(["pretrain", "--run-dir", str(tmp_path / "run"), "--steps", "2", *flags, *SMALL])
+    assert name in one_line_error(e, capsys, code)
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
