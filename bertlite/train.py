@@ -204,6 +204,25 @@ def load_pretrained(folder):
     return net.eval(), vocab
 
 
+def load_init(folder) -> tuple[BERTModel, object]:
+    """(model in training mode, vocabulary) to start pre-training from: a `save_pretrained`
+    folder (model.pt), or a Hugging Face BERT folder or known name (`bertlite.pretrained`) with its
+    vocab.txt. Heads the checkpoint lacks (MLM, NSP) are freshly initialised, so pre-training
+    can go on from an encoder alone (all-MiniLM-L6-v2 has neither head)."""
+    from .pretrained import load_tokenizer, resolve
+    if (Path(folder) / "model.pt").is_file():
+        net, vocab = load_pretrained(folder)
+    else:
+        from .hf import load_hf_checkpoint
+        folder = resolve(folder)  # one clear error for a folder that is no checkpoint
+        net, _ = load_hf_checkpoint(folder)
+        vocab = load_tokenizer(folder)
+    if len(vocab) != net.config.vocab_size:
+        raise ValueError(f"{folder}: vocab.txt has {len(vocab)} tokens, the model "
+                         f"{net.config.vocab_size}: not a matching checkpoint")
+    return net.train(), vocab
+
+
 def evaluate(net: BERTModel, dataset, batch_size: int = 512, device=None) -> dict:
     """MLM loss over real masked tokens (and its perplexity), MLM accuracy, NSP loss and accuracy
     on a whole dataset, in eval mode. Build the dataset with a fixed seed to compare runs.

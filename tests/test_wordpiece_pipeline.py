@@ -214,3 +214,31 @@ def test_cli_bad_tokenizer_flags_are_one_line(tmp_path, capsys, flags, code, nam
         main(["pretrain", "--run-dir", str(tmp_path / "run"), "--steps", "2", *flags, *SMALL])
     assert name in one_line_error(e, capsys, code)
     assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+def test_cli_init_from_a_saved_model_and_a_hugging_face_folder(tmp_path, capsys):
+    import json
+
+    from bertlite.cli import main
+    from bertlite.pretrained import resolve
+    from pathlib import Path
+    # A save_pretrained folder with a word-level vocabulary.
+    shipped = str(Path(__file__).resolve().parent.parent / "data/pretrained/tinywiki-d2l")
+    main(["pretrain", "--run-dir", str(tmp_path / "a"), "--init-from", shipped, "--steps", "1",
+          "--batch-size", "8", "--no-progress", "--eval-every", "0", "--warmup-steps", "0"])
+    config = json.loads((tmp_path / "a" / "config.json").read_text())
+    assert config["data"]["tokenizer"] == "word" and config["data"]["init_from"] == shipped
+    main(["pretrain", "--resume", str(tmp_path / "a"), "--steps", "2", "--no-progress"])
+    with pytest.raises(SystemExit) as e:  # the checkpoint decides the model
+        main(["pretrain", "--run-dir", str(tmp_path / "b"), "--init-from", shipped, "--hidden", "8"])
+    assert "--hidden" in one_line_error(e, capsys, 2)
+    with pytest.raises(SystemExit) as e:
+        main(["pretrain", "--run-dir", str(tmp_path / "b"), "--init-from", str(tmp_path / "none")])
+    assert "--init-from" in one_line_error(e, capsys, 1)
+    real_vocab()  # skips without all-MiniLM-L6-v2; it has no MLM or NSP head
+    main(["pretrain", "--run-dir", str(tmp_path / "c"), "--init-from", str(resolve("all-MiniLM-L6-v2")),
+          "--steps", "1", "--batch-size", "4", "--seq-len", "32", "--no-progress", "--eval-every", "0",
+          "--warmup-steps", "0"])
+    config = json.loads((tmp_path / "c" / "config.json").read_text())
+    assert config["data"]["tokenizer"] == "wordpiece" and config["model"]["vocab_size"] == 30522
+    assert (tmp_path / "c" / "vocab.txt").read_text().split("\n")[101] == "[CLS]"
