@@ -212,8 +212,8 @@ def pretrain(args) -> dict:
             data.update(init_from=args.init_from, vocab_size=None, vocab_file=None,
                         tokenizer="word" if isinstance(vocab, Vocab) else "wordpiece")
         # Every model flag is checked now, before the data is built (which can take minutes).
-        probe = init_net.config if init_net else BERTConfig.preset(args.preset or "d2l", 1,
-                                                                   **_given(args, BERTConfig))
+        probe = init_net.config if init_net is not None else BERTConfig.preset(
+            args.preset or "d2l", 1, **_given(args, BERTConfig))
         if args.min_freq is not None and args.min_freq < 1:
             raise ConfigError(f"--min-freq must be >= 1, got {args.min_freq}")
         if not 5 <= data["max_len"] <= probe.max_len:
@@ -242,10 +242,10 @@ def pretrain(args) -> dict:
         if changes:  # so that a later resume, and the reader, know what this run really did
             config["changes"] = [*saved.get("changes", []), {"at_step": done, **changes}]
     else:
-        model_cfg = init_net.config if init_net else BERTConfig.preset(
+        model_cfg = init_net.config if init_net is not None else BERTConfig.preset(
             args.preset or "d2l", len(train_data.vocab), **_given(args, BERTConfig))
         config = {"data": data, "model": model_cfg.to_dict(), "train": dataclasses.asdict(train_cfg),
-                  "preset": None if init_net else args.preset or "d2l"}
+                  "preset": None if init_net is not None else args.preset or "d2l"}
     with claiming(run_dir, new=not args.resume) if rank0 else contextlib.nullcontext():
         if rank0:
             if not args.resume:
