@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from bertlite.checks import ConfigError
-from bertlite.data import Corpus, PretrainDataset, load_pretrain_dataset, make_tokenizer
+from bertlite.data import Corpus, load_pretrain_dataset, make_tokenizer
 from bertlite.masking import find_word_starts
 from bertlite.wikitext import read_text
 from bertlite.wordpiece import SPECIALS, train_wordpiece
