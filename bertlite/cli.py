@@ -96,6 +96,15 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--masking", choices=tuple(MASKING),
                      help="which positions the MLM predicts: tokens, whole words, n-grams of "
                      "words (ALBERT) or geometric spans (SpanBERT) (default token)")
+    pre.add_argument("--tokenizer", choices=("word", "wordpiece"),
+                     help="word vocabulary (the book) or WordPiece pieces (BERT) (default word)")
+    pre.add_argument("--vocab-size", type=int, metavar="N",
+                     help="WordPiece: train a vocabulary of N pieces on the training split")
+    pre.add_argument("--vocab-file", metavar="F",
+                     help="WordPiece: use this vocab.txt (uncased), e.g. a real checkpoint's")
+    pre.add_argument("--init-from", metavar="FOLDER",
+                     help="start from a saved bertlite model or a Hugging Face BERT folder (its "
+                     "vocab.txt is the tokenizer; missing MLM/NSP heads are created)")
     pre.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_fields(pre.add_argument_group("training (TrainConfig)"), TrainConfig)
     _add_fields(pre.add_argument_group("model (BERTConfig)"), BERTConfig, skip=("vocab_size",))
@@ -111,14 +120,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _given(args, cls):
+    # BERTConfig.vocab_size is no flag (the vocabulary gives it); --vocab-size is WordPiece's.
     return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)
-            if getattr(args, f.name, None) is not None}
+            if f.name != "vocab_size" and getattr(args, f.name, None) is not None}
 
 
 # The flags that fix the model or its data: a resumed run must keep them (config.json key, default).
 DATA_FLAGS = {"dataset": ("name", "tinywiki"), "seq_len": ("max_len", 64),
               "min_freq": ("min_freq", None), "dynamic_masking": ("dynamic_masking", None),
-              "pair_task": ("pair_task", "nsp"), "masking": ("masking", "token")}
+              "pair_task": ("pair_task", "nsp"), "masking": ("masking", "token"),
+              "tokenizer": ("tokenizer", "word"), "vocab_size": ("vocab_size", None),
+              "vocab_file": ("vocab_file", None), "init_from": ("init_from", None)}
 
 
 def _resume_config(args):
@@ -135,9 +147,11 @@ def _resume_config(args):
     model_cfg = BERTConfig.from_file(run_dir / "config.json", "model")
     data = saved["data"]
     given = {name: getattr(args, name) for name in DATA_FLAGS if getattr(args, name) is not None}
-    was = {name: data.get(key, default) for name, (key, default) in DATA_FLAGS.items()}
+    # The model's fields first: its vocab_size must not hide the data's --vocab-size.
+    was = {k: v for k, v in model_cfg.to_dict().items() if k != "vocab_size"}
+    was.update(preset=saved.get("preset"), seed=saved["train"].get("seed"))
+    was.update({name: data.get(key, default) for name, (key, default) in DATA_FLAGS.items()})
     was["min_freq"] = was["min_freq"] or default_min_freq(was["dataset"])
-    was.update(model_cfg.to_dict(), preset=saved.get("preset"), seed=saved["train"].get("seed"))
     given.update(_given(args, BERTConfig), **{k: getattr(args, k) for k in ("preset", "seed")
                                              if getattr(args, k) is not None})
     changed = [f"{flag(k)} {v} (the run has {was.get(k)})" for k, v in given.items() if v != was.get(k)]
@@ -161,10 +175,11 @@ def pretrain(args) -> dict:
     from .model import BERTModel
     from .plot import plot_history
     from .rundir import check_new_run_dir, claiming
-    from .train import load_checkpoint, summarize, train_bert
+    from .train import load_checkpoint, load_init, load_vocab, summarize, train_bert
     from .vocab import Vocab
 
     rank0 = int(os.environ.get("RANK", 0)) == 0  # under torchrun, only rank 0 writes files
+    init_net = None  # the model of --init-from (the checkpoint holds it on --resume)
     if args.resume:  # everything comes from the run's own config.json; flags may extend --steps
         run_dir = Path(args.resume)
         data, model_cfg, train_cfg, saved = _resume_config(args)
@@ -172,17 +187,33 @@ def pretrain(args) -> dict:
         if train_cfg.steps < done:
             raise ConfigError(f"--steps {train_cfg.steps} is less than the {done} steps this run "
                               "has trained: give more, or leave --steps out")
-        vocab = Vocab.load(run_dir / "vocab.txt", size=model_cfg.vocab_size)
+        vocab = load_vocab(run_dir / "vocab.txt", size=model_cfg.vocab_size)  # word or WordPiece
     else:
         shipped = (args.dataset or "tinywiki") == "tinywiki"
         data = {"name": args.dataset or "tinywiki", "data_dir": args.data_dir,
                 "max_len": args.seq_len or 64, "min_freq": args.min_freq,
                 "dynamic_masking": shipped if args.dynamic_masking is None else args.dynamic_masking,
                 "seed": args.seed or 0, "pair_task": args.pair_task or "nsp",
-                "masking": args.masking or "token"}
+                "masking": args.masking or "token", "tokenizer": args.tokenizer or "word",
+                "vocab_size": args.vocab_size, "vocab_file": args.vocab_file}
         train_cfg = TrainConfig(**{**(SHIPPED_DEFAULTS if shipped else {}), **_given(args, TrainConfig)})
+        vocab = None
+        if args.init_from:  # the checkpoint fixes the model and the vocabulary
+            clash = [flag(k) for k in ("preset", "tokenizer", "vocab_size", "vocab_file", "min_freq",
+                                       *_given(args, BERTConfig)) if getattr(args, k) is not None]
+            if clash:
+                raise ConfigError(f"--init-from brings its own model and vocabulary: drop "
+                                  f"{', '.join(clash)}")
+            torch.manual_seed(train_cfg.seed)  # the heads it lacks are initialised here
+            try:
+                init_net, vocab = load_init(args.init_from)
+            except (OSError, ImportError) as e:  # no such folder, or a package not installed
+                raise FileNotFoundError(f"--init-from {args.init_from}: {one_line(e)}") from None
+            data.update(init_from=args.init_from, vocab_size=None, vocab_file=None,
+                        tokenizer="word" if isinstance(vocab, Vocab) else "wordpiece")
         # Every model flag is checked now, before the data is built (which can take minutes).
-        probe = BERTConfig.preset(args.preset or "d2l", 1, **_given(args, BERTConfig))
+        probe = init_net.config if init_net is not None else BERTConfig.preset(
+            args.preset or "d2l", 1, **_given(args, BERTConfig))
         if args.min_freq is not None and args.min_freq < 1:
             raise ConfigError(f"--min-freq must be >= 1, got {args.min_freq}")
         if not 5 <= data["max_len"] <= probe.max_len:
@@ -192,9 +223,9 @@ def pretrain(args) -> dict:
         run_dir = Path(args.run_dir or f"runs/{data['name']}-{time.strftime('%Y%m%d-%H%M%S')}")
         if rank0:
             check_new_run_dir(run_dir)
-        vocab = None
     t0 = time.perf_counter()
-    train_data = load_pretrain_dataset(**{k: v for k, v in data.items() if k != "data_dir"},
+    train_data = load_pretrain_dataset(**{k: v for k, v in data.items()
+                                          if k not in ("data_dir", "init_from")},
                                        data_dir=data["data_dir"], vocab=vocab,
                                        download=getattr(args, "download", False))
     # Validation: fixed token masks (seed 0) whatever the training strategy, so that MLM losses
@@ -211,17 +242,17 @@ def pretrain(args) -> dict:
         if changes:  # so that a later resume, and the reader, know what this run really did
             config["changes"] = [*saved.get("changes", []), {"at_step": done, **changes}]
     else:
-        model_cfg = BERTConfig.preset(args.preset or "d2l", len(train_data.vocab),
-                                      **_given(args, BERTConfig))
+        model_cfg = init_net.config if init_net is not None else BERTConfig.preset(
+            args.preset or "d2l", len(train_data.vocab), **_given(args, BERTConfig))
         config = {"data": data, "model": model_cfg.to_dict(), "train": dataclasses.asdict(train_cfg),
-                  "preset": args.preset or "d2l"}
+                  "preset": None if init_net is not None else args.preset or "d2l"}
     with claiming(run_dir, new=not args.resume) if rank0 else contextlib.nullcontext():
         if rank0:
             if not args.resume:
                 train_data.vocab.save(run_dir / "vocab.txt")
             write_atomic(run_dir / "config.json", json.dumps(config, indent=2) + "\n")
         torch.manual_seed(train_cfg.seed)
-        net = BERTModel(model_cfg)
+        net = init_net if init_net is not None else BERTModel(model_cfg)
         history = train_bert(net, train_data, train_cfg, val_data, run_dir,
                              resume=bool(args.resume), progress=not args.no_progress)
         summary = summarize(history)

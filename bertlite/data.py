@@ -10,12 +10,14 @@ import collections
 import itertools
 from dataclasses import dataclass
 from itertools import chain
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from .masking import MASKING, find_word_starts, mask, mask_tokens  # noqa: F401 (re-exported)
 from .masking import maskable_positions, prediction_budget, replace_predicted  # noqa: F401
+from .masking import token_id
 from .vocab import Vocab
 from .wikitext import SHIPPED, read_text
 
@@ -67,13 +69,15 @@ class Corpus:
                    paragraph=np.repeat(np.arange(len(paragraphs)), sizes))
 
     @classmethod
-    def from_text(cls, text: str, vocab: Vocab | None = None, min_freq: int = 5,
-                  min_sentences: int = 2):
+    def from_text(cls, text: str, vocab=None, min_freq: int = 5, min_sentences: int = 2):
         """`parse_wikitext`, `Vocab` and `Corpus.encode` in one pass over whole arrays: the same
         result (tested), faster (benchmarks/data_pipeline.py). Returns the corpus and its vocabulary.
 
         Each distinct word is hashed once; the sentence and paragraph structure is then found
-        with numpy on integer ids instead of Python loops over tokens.
+        with numpy on integer ids instead of Python loops over tokens. `vocab` may also be a
+        subword tokenizer (WordPiece): the sentences and paragraphs are the same, but each word
+        becomes its pieces (`_pieces`), and `starts` and `lengths` count pieces.
+        Explained in notebooks/02_tokens_segments_nsp.ipynb.
         """
         if min_sentences < 1:
             raise ValueError("min_sentences must be at least 1")
@@ -84,10 +88,10 @@ class Corpus:
             mark += "\0"
         words = (mark + " " + text.replace("\n", f" {mark} ")).split()
         types = collections.defaultdict(itertools.count().__next__)  # a new word gets the next id
-        raw = np.fromiter(map(types.__getitem__, words), np.int64, len(words))
+        typed = np.fromiter(map(types.__getitem__, words), np.int64, len(words))
         # Lowercase the distinct words only, then merge the ids of words that become equal.
         lower = {w: i for i, w in enumerate(dict.fromkeys(w.lower() for w in types))}
-        raw = np.fromiter(map(lower.__getitem__, map(str.lower, types)), np.int64, len(types))[raw]
+        raw = np.fromiter(map(lower.__getitem__, map(str.lower, types)), np.int64, len(types))[typed]
         eol = raw == 0
         line = np.cumsum(eol, dtype=np.int64) - eol       # line of each word
         first = np.r_[True, eol[:-1]] & ~eol              # first word of a line
@@ -101,7 +105,9 @@ class Corpus:
         n_sent = np.bincount(line[start], minlength=len(heading))
         keep_line = (n_sent >= min_sentences) & ~heading
         keep = ~eol & keep_line[line]
-        raw, start, line = raw[keep], start[keep], line[keep]
+        raw, start, line, typed = raw[keep], start[keep], line[keep], typed[keep]
+        if vocab is not None and not isinstance(vocab, Vocab):  # a subword tokenizer
+            return cls._pieces(typed, np.flatnonzero(start), line, list(types), vocab), vocab
         if vocab is None:
             counts = np.bincount(raw, minlength=len(lower))
             vocab = Vocab(counts={w: c for w, c in zip(lower, counts.tolist()) if c},
@@ -111,13 +117,38 @@ class Corpus:
         paragraph = np.cumsum(np.r_[True, line[starts[1:]] != line[starts[:-1]]]) - 1
         return cls(text_ids(vocab, lower)[raw], starts, lengths, paragraph), vocab
 
+    @classmethod
+    def _pieces(cls, typed, starts, line, types, tokenizer) -> "Corpus":
+        """The corpus of the words `typed` (ids into `types`, the distinct words as written: a
+        cased vocabulary sees the case) in a subword tokenizer's pieces. Each distinct word is
+        cut once; numpy then lays the pieces of every occurrence end to end."""
+        unk = token_id(tokenizer, tokenizer.unk_token)
+        # WikiText writes its rare words as "<unk>": that is the tokenizer's unknown token, not
+        # the pieces "<", "unk", ">". A literal special ("[MASK]") in the text is unknown too.
+        cut = [[unk] if w == "<unk>" else tokenizer.convert_tokens_to_ids(tokenizer.tokenize(w))
+               for w in types]
+        n = np.fromiter(map(len, cut), np.int64, len(cut))            # (V,) pieces per word
+        table = np.fromiter(chain.from_iterable(cut), np.int64, int(n.sum()))
+        table[np.isin(table, tokenizer.specials)] = unk
+        first = np.cumsum(n) - n                                      # (V,) word's first piece
+        count = n[typed]                                              # (W,) pieces per occurrence
+        out_first = np.cumsum(count) - count                          # (W,) where they go
+        # Piece k of occurrence w sits at out_first[w] + k and is table[first[typed[w]] + k].
+        within = np.arange(int(count.sum())) - np.repeat(out_first, count)
+        ids = table[np.repeat(first[typed], count) + within]
+        piece_starts = out_first[starts]                              # sentence starts, in pieces
+        lengths = np.diff(np.r_[piece_starts, len(ids)])
+        paragraph = np.cumsum(np.r_[True, line[starts[1:]] != line[starts[:-1]]]) - 1
+        return cls(ids, piece_starts, lengths, paragraph)
+
     def paragraphs(self, vocab: Vocab) -> list[list[list[str]]]:
         """Back to paragraphs of sentences of tokens (for reading, and for the tests)."""
         out = []
         for s in range(len(self.starts)):
             if s == 0 or self.paragraph[s] != self.paragraph[s - 1]:
                 out.append([])
-            out[-1].append(vocab.to_tokens(self.ids[self.starts[s]:self.starts[s] + self.lengths[s]]))
+            out[-1].append(vocab.convert_ids_to_tokens(
+                self.ids[self.starts[s]:self.starts[s] + self.lengths[s]]))
         return out
 
 
@@ -169,6 +200,7 @@ PAIR_TASKS = {"nsp": next_sentence_pairs, "sop": sentence_order_pairs}
 
 def build_inputs(corpus: Corpus, pairs: Pairs, max_len: int, vocab: Vocab):
     """Token ids `<cls> A <sep> B <sep> <pad>...` (N, max_len), segment ids and valid lengths.
+    The specials are the tokenizer's own (`[CLS]` ... for WordPiece).
 
     Explained in notebooks/02_tokens_segments_nsp.ipynb.
     """
@@ -180,9 +212,9 @@ def build_inputs(corpus: Corpus, pairs: Pairs, max_len: int, vocab: Vocab):
                       corpus.starts[pairs.b][:, None] + j - la - 2)  # (N, T)
     tokens = corpus.ids[np.clip(source, 0, len(corpus.ids) - 1)]
     rows = np.arange(len(la))[:, None]
-    tokens[:, 0] = vocab["<cls>"]
-    tokens[rows, la + 1] = tokens[rows, la + lb + 2] = vocab["<sep>"]
-    tokens[j > la + lb + 2] = vocab["<pad>"]
+    tokens[:, 0] = token_id(vocab, vocab.cls_token)
+    tokens[rows, la + 1] = tokens[rows, la + lb + 2] = token_id(vocab, vocab.sep_token)
+    tokens[j > la + lb + 2] = token_id(vocab, vocab.pad_token)
     segments = ((j >= la + 2) & (j <= la + lb + 2)).astype(np.int64)  # 1 on B and its <sep>
     return tokens, segments, (la + lb + 3)[:, 0]
 
@@ -250,18 +282,58 @@ def default_min_freq(name: str) -> int:
     return 2 if name == SHIPPED else 5
 
 
+TOKENIZERS = ("word", "wordpiece")
+
+
+def make_tokenizer(text: str, tokenizer: str = "word", vocab_size: int | None = None,
+                   vocab_file=None):
+    """The WordPiece tokenizer a data pipeline asks for: trained on `text` with `vocab_size`
+    pieces, or read from `vocab_file` (a BERT vocab.txt, uncased). None for "word": the word
+    vocabulary is counted while the corpus is built. Errors name the command-line flag.
+    (No notebook shows it yet; notebooks/07_masking_strategies.ipynb explains WordPiece.)
+    """
+    from .checks import ConfigError
+    from .wordpiece import WordPieceTokenizer, train_wordpiece
+    if tokenizer not in TOKENIZERS:
+        raise ConfigError(f"--tokenizer must be one of {', '.join(TOKENIZERS)}; got {tokenizer!r}")
+    if tokenizer == "word":
+        if vocab_size is not None or vocab_file is not None:
+            raise ConfigError("--vocab-size and --vocab-file are for --tokenizer wordpiece")
+        return None
+    if (vocab_size is None) == (vocab_file is None):
+        raise ConfigError("--tokenizer wordpiece needs one of --vocab-size N (train a vocabulary) "
+                          "or --vocab-file F (a vocab.txt)")
+    if vocab_file is not None:
+        if not Path(vocab_file).is_file():
+            raise FileNotFoundError(f"--vocab-file {vocab_file}: no such file")
+        return WordPieceTokenizer.from_vocab_file(vocab_file)
+    if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 1:
+        raise ConfigError(f"--vocab-size must be a positive integer, got {vocab_size!r}")
+    try:
+        return train_wordpiece(text, vocab_size)
+    except ValueError as e:  # below the specials and characters of the text
+        raise ConfigError(f"--vocab-size: {e}") from None
+
+
 def load_pretrain_dataset(max_len: int = 64, name: str = SHIPPED, split: str = "train",
-                          data_dir=None, vocab: Vocab | None = None, min_freq: int | None = None,
+                          data_dir=None, vocab=None, min_freq: int | None = None,
                           seed: int = 0, dynamic_masking: bool = False, download: bool = False,
                           *, pair_task: str = "nsp", masking: str = "token",
-                          **mask_options) -> PretrainDataset:
+                          tokenizer: str = "word", vocab_size: int | None = None,
+                          vocab_file=None, **mask_options) -> PretrainDataset:
     """Read a WikiText split and build its pre-training examples (the fast path).
 
-    Pass the training vocabulary as `vocab` when loading the validation split. `pair_task` and
-    `masking` choose the objectives (see `PretrainDataset`).
+    Pass the training vocabulary as `vocab` when loading the validation split: a `Vocab` or a
+    WordPiece tokenizer, which then decides the tokenizer (`tokenizer`, `vocab_size` and
+    `vocab_file` are ignored). Without one, `tokenizer="word"` counts a word vocabulary and
+    `tokenizer="wordpiece"` trains one of `vocab_size` pieces on this split or reads
+    `vocab_file` (`make_tokenizer`). `pair_task` and `masking` choose the objectives (see
+    `PretrainDataset`).
     Explained in notebooks/03_masking.ipynb.
     """
     text = read_text(name, split, data_dir, download)
+    if vocab is None:
+        vocab = make_tokenizer(text, tokenizer, vocab_size, vocab_file)
     corpus, vocab = Corpus.from_text(text, vocab, min_freq or default_min_freq(name))
     if len(corpus.lengths) == 0:
         raise ValueError(f"{name}/{split} has no paragraph of two or more sentences: is it a "

@@ -19,6 +19,12 @@ import numpy as np
 from .vocab import Vocab
 
 
+def token_id(vocab, token: str) -> int:
+    """The id of one token through the tokenizer interface, so that the same code reads `<mask>`
+    of the word-level `Vocab` and `[MASK]` of WordPiece (`token_id(vocab, vocab.mask_token)`)."""
+    return vocab.convert_tokens_to_ids([token])[0]
+
+
 def maskable_positions(tokens, valid_lens, vocab: Vocab, never_mask=()) -> np.ndarray:
     """(N, T) bool: the positions masking may choose. Inside the valid length, not in
     `never_mask`, not a special token: `<unk>` counts as one, since predicting it teaches
@@ -60,7 +66,7 @@ def replace_predicted(tokens, positions, real, vocab: Vocab, rng: np.random.Gene
     labels = np.where(real, tokens[rows, positions], 0)
     u = rng.random(real.shape) if u is None else u
     ordinary = np.flatnonzero(~np.isin(np.arange(len(vocab)), vocab.specials))
-    replacement = np.where(u < mask_token_prob, vocab["<mask>"],
+    replacement = np.where(u < mask_token_prob, token_id(vocab, vocab.mask_token),
                            np.where(u < mask_token_prob + random_token_prob,
                                     rng.choice(ordinary, real.shape), labels))
     masked = tokens.copy()
@@ -101,7 +107,8 @@ def find_word_starts(tokens, vocab: Vocab) -> np.ndarray:
     continues the word before it; in a word-level vocabulary every token is a word.
     Explained in notebooks/07_masking_strategies.ipynb.
     """
-    starts = np.array([not t.startswith("##") for t in vocab.idx_to_token])  # (V,)
+    pieces = vocab.convert_ids_to_tokens(range(len(vocab)))  # any tokenizer, not only ours
+    starts = np.array([not t.startswith("##") for t in pieces])  # (V,)
     return starts[np.asarray(tokens)]
 
 

@@ -177,16 +177,50 @@ def save_pretrained(net: BERTModel, vocab, folder) -> None:
     vocab.save(folder / "vocab.txt")
 
 
+def load_vocab(path, size: int | None = None):
+    """The vocabulary in a run's or a saved model's vocab.txt: the word-level `Vocab` when it
+    begins with `<pad>` (as `Vocab.save` writes it), else WordPiece (BERT's vocab.txt begins with
+    [PAD]). With `size` (the model's vocab_size) the file must have that many tokens."""
+    from .checks import read_utf8
+    from .vocab import SPECIAL_TOKENS, Vocab
+    from .wordpiece import WordPieceTokenizer
+    if read_utf8(path, "vocabulary").split("\n", 1)[0] == SPECIAL_TOKENS[0]:
+        return Vocab.load(path, size=size)
+    vocab = WordPieceTokenizer.from_vocab_file(path)
+    if size is not None and len(vocab) != size:
+        raise ValueError(f"{path} has {len(vocab)} tokens but the model has vocab_size={size}: "
+                         "not the vocabulary this model was trained with; restore it from the run folder")
+    return vocab
+
+
 def load_pretrained(folder):
-    """(model in eval mode, vocabulary) from a folder written by `save_pretrained`.
-    Explained in notebooks/06_pretraining.ipynb."""
-    from .vocab import Vocab
+    """(model in eval mode, vocabulary: word-level or WordPiece) from a folder written by
+    `save_pretrained`. Explained in notebooks/06_pretraining.ipynb."""
     folder = Path(folder)
     config = BERTConfig.from_file(folder / "config.json")
-    vocab = Vocab.load(folder / "vocab.txt", size=config.vocab_size)
+    vocab = load_vocab(folder / "vocab.txt", size=config.vocab_size)
     net = BERTModel(config)
     net.load_state_dict(load_torch(folder / "model.pt"))
     return net.eval(), vocab
+
+
+def load_init(folder) -> tuple[BERTModel, object]:
+    """(model in training mode, vocabulary) to start pre-training from: a `save_pretrained`
+    folder (model.pt), or a Hugging Face BERT folder or known name (`bertlite.pretrained`) with its
+    vocab.txt. Heads the checkpoint lacks (MLM, NSP) are freshly initialised, so pre-training
+    can go on from an encoder alone (all-MiniLM-L6-v2 has neither head)."""
+    from .pretrained import load_tokenizer, resolve
+    if (Path(folder) / "model.pt").is_file():
+        net, vocab = load_pretrained(folder)
+    else:
+        from .hf import load_hf_checkpoint
+        folder = resolve(folder)  # one clear error for a folder that is no checkpoint
+        net, _ = load_hf_checkpoint(folder)
+        vocab = load_tokenizer(folder)
+    if len(vocab) != net.config.vocab_size:
+        raise ValueError(f"{folder}: vocab.txt has {len(vocab)} tokens, the model "
+                         f"{net.config.vocab_size}: not a matching checkpoint")
+    return net.train(), vocab
 
 
 def evaluate(net: BERTModel, dataset, batch_size: int = 512, device=None) -> dict:

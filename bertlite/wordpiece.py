@@ -153,6 +153,8 @@ class WordPieceTokenizer:
         Explained in notebooks/07_masking_strategies.ipynb."""
         Path(path).write_text("\n".join(self.idx_to_token) + "\n", encoding="utf-8")
 
+    save = save_vocab  # `Vocab`'s name for it: a run folder writes either vocabulary the same way
+
     def __len__(self):
         return len(self.idx_to_token)
 
