@@ -233,6 +233,7 @@ def pretrain(args) -> dict:
     val_data = load_pretrain_dataset(data["max_len"], data["name"], "valid", data["data_dir"],
                                      vocab=train_data.vocab, seed=0,
                                      pair_task=data.get("pair_task", "nsp"))
+    _show_warnings()
     print(f"data: {len(train_data)} training pairs, {len(val_data)} validation pairs, "
           f"vocabulary {len(train_data.vocab)} ({time.perf_counter() - t0:.2f} s)")
     if args.resume:
@@ -279,13 +280,24 @@ def data_summary(args) -> None:
           f"{ds.arrays['mlm_weights'].sum(1).mean():.2f} predictions per pair, built in {seconds:.2f} s")
 
 
+HELD_WARNINGS: list[str] = []
+
+
+def _show_warnings() -> None:
+    for message in HELD_WARNINGS:
+        print(f"warning: {message}", file=sys.stderr)
+    HELD_WARNINGS.clear()
+
+
 def main(argv=None) -> None:
     args = build_parser().parse_args(argv)
     debug = args.debug or os.environ.get("BERTLITE_DEBUG") == "1"
+    HELD_WARNINGS.clear()
     try:
         with warnings.catch_warnings():
-            warnings.showwarning = lambda message, *a, **k: print(f"warning: {message}",
-                                                                  file=sys.stderr)
+            # Held until the run really starts (`_show_warnings`): a run that then fails on
+            # another input ends in its one error line alone.
+            warnings.showwarning = lambda message, *a, **k: HELD_WARNINGS.append(str(message))
             if args.command == "pretrain":
                 pretrain(args)
             elif args.command == "data":

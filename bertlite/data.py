@@ -306,7 +306,10 @@ def make_tokenizer(text: str, tokenizer: str = "word", vocab_size: int | None = 
     if vocab_file is not None:
         if not Path(vocab_file).is_file():
             raise FileNotFoundError(f"--vocab-file {vocab_file}: no such file")
-        return WordPieceTokenizer.from_vocab_file(vocab_file)
+        try:
+            return WordPieceTokenizer.from_vocab_file(vocab_file)
+        except ValueError as e:  # a file that is not a BERT vocab.txt: say which file
+            raise ValueError(f"--vocab-file {vocab_file}: {e}") from None
     if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 1:
         raise ConfigError(f"--vocab-size must be a positive integer, got {vocab_size!r}")
     try:

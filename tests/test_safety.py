@@ -280,6 +280,13 @@ def test_warm_up_longer_than_the_run_warns_once(capsys):
         TrainConfig(steps=5, warmup_steps=10)
 
 
+def test_a_warning_does_not_come_before_an_error(tmp_path, capsys, monkeypatch):
+    # --steps 2 under the default warm-up would warn, but the run fails on --dropout: one line
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_main(capsys, ["pretrain", "--steps", "2", "--dropout", "1.0"])
+    assert code == 2 and err.strip().splitlines() == [err.strip()] and "--dropout" in err
+
+
 # Model inputs out of range: a message naming the tensor, not "index out of range in self".
 def _inputs():
     tokens = torch.randint(5, 20, (2, 6))
