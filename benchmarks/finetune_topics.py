@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from bertlite.baselines import bag_of_words, logistic_regression
 from bertlite.finetune import (BERTClassifier, FinetuneConfig, evaluate_classifier, finetune,
                                load_topic_dataset)
 from bertlite.model import BERTModel
@@ -46,27 +47,14 @@ def mean_sd(xs) -> str:
     return f"{statistics.mean(xs):.3f} ± {statistics.stdev(xs) if len(xs) > 1 else 0.0:.3f}"
 
 
-def bag_of_words(data: dict, vocab_size: int, steps: int = 300) -> dict:
-    """Accuracy per split of logistic regression on word frequencies (specials left out);
-    zero init and full batches: nothing random."""
-    def features(ds):  # (N, V) frequency of each word in the paragraph
-        t = ds.arrays["tokens"]
-        x = torch.zeros(len(t), vocab_size).scatter_add_(1, t, torch.ones(t.shape))
-        x[:, :5] = 0  # <pad> <mask> <cls> <sep> <unk>
-        return x / x.sum(1, keepdim=True)
-    x, y = features(data["train"]), data["train"].arrays["label"]
-    linear = torch.nn.Linear(vocab_size, len(data["train"].categories))
-    torch.nn.init.zeros_(linear.weight)
-    torch.nn.init.zeros_(linear.bias)
-    opt = torch.optim.AdamW(linear.parameters(), lr=0.1, weight_decay=0.01)
-    for _ in range(steps):  # full batch: 465 rows
-        loss = torch.nn.functional.cross_entropy(linear(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    with torch.no_grad():
-        return {s: (linear(features(d)).argmax(1) == d.arrays["label"]).float().mean().item()
-                for s, d in data.items()}
+def bag_of_words_accuracy(data: dict, vocab) -> dict:
+    """Accuracy per split of logistic regression on word frequencies (specials left out), the
+    same baseline as notebook 10's (`bertlite.baselines`): nothing random."""
+    x = {s: bag_of_words(d, len(vocab), vocab.specials) for s, d in data.items()}
+    y = {s: d.arrays["label"] for s, d in data.items()}
+    classes = len(data["train"].categories)
+    return {s: (logistic_regression(x["train"], y["train"], x[s], classes) == y[s]).float().mean().item()
+            for s in data}
 
 
 def main():
@@ -95,7 +83,7 @@ def main():
     for split in ("valid", "test"):
         acc = (data[split].arrays["label"] == majority).float().mean().item()
         print(f"majority class ({data['train'].categories[majority]}): {split} accuracy {acc:.3f}")
-    bow = bag_of_words(data, len(vocab))
+    bow = bag_of_words_accuracy(data, vocab)
     results = {"command": "python benchmarks/finetune_topics.py " + " ".join(sys.argv[1:]),
                "majority": {s: (data[s].arrays["label"] == majority).float().mean().item()
                             for s in ("valid", "test")},

@@ -23,7 +23,7 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
-from .checks import check_choice, check_range, check_types, load_torch, write_atomic
+from .checks import check_choice, check_range, check_types, load_torch, read_utf8, write_atomic
 from .loss import fused_mlm_loss, nsp_accuracy, nsp_loss, pretrain_loss
 from .model import BERTConfig, BERTModel, evaluating
 from .rundir import Interrupted, stopping_on_signals
@@ -181,7 +181,6 @@ def load_vocab(path, size: int | None = None):
     """The vocabulary in a run's or a saved model's vocab.txt: the word-level `Vocab` when it
     begins with `<pad>` (as `Vocab.save` writes it), else WordPiece (BERT's vocab.txt begins with
     [PAD]). With `size` (the model's vocab_size) the file must have that many tokens."""
-    from .checks import read_utf8
     from .vocab import SPECIAL_TOKENS, Vocab
     from .wordpiece import WordPieceTokenizer
     if read_utf8(path, "vocabulary").split("\n", 1)[0] == SPECIAL_TOKENS[0]:
