@@ -9,11 +9,11 @@ Explained in notebooks/10_real_bert.ipynb.
 from __future__ import annotations
 
 import importlib.util
-import json
 from pathlib import Path
 
 import torch
 
+from .checks import read_json
 from .hf import load_hf_checkpoint
 from .model import BERTModel, evaluating
 from .wordpiece import WordPieceTokenizer
@@ -47,7 +47,7 @@ def load_tokenizer(folder) -> WordPieceTokenizer:
     Explained in notebooks/10_real_bert.ipynb."""
     folder = Path(folder)
     config_path = folder / "tokenizer_config.json"
-    config = json.loads(config_path.read_text()) if config_path.exists() else {}
+    config = read_json(config_path) if config_path.exists() else {}  # bad JSON: names the file
     lowercase = config.get("do_lower_case", True)
     return WordPieceTokenizer.from_vocab_file(folder / "vocab.txt", lowercase=lowercase,
                                               strip_accents=config.get("strip_accents"))
