@@ -29,6 +29,21 @@ def timed(fn, repeat=5, warmup=1):
     return statistics.median(times)
 
 
+def timed_together(fns, repeat=5, warmup=1):
+    """Median seconds of each function, timed in turns (a, b, c, a, b, c, ...): on a shared
+    machine whose speed drifts, every function sees the same drift, so their ratios hold."""
+    for fn in fns:
+        for _ in range(warmup):
+            fn()
+    times = [[] for _ in fns]
+    for _ in range(repeat):
+        for fn, t in zip(fns, times):
+            start = time.perf_counter()
+            fn()
+            t.append(time.perf_counter() - start)
+    return [statistics.median(t) for t in times]
+
+
 def matmul_peak(dtype, n=2048):
     """GFLOP/s of an n x n matrix product on this machine, now."""
     a = torch.randn(n, n, dtype=dtype)

@@ -6,8 +6,8 @@ initialised one of the same shape, fine-tuned by the same recipe with the same s
         [--seeds 0 1 2] [--steps 150] [--lr LR] [--pooling cls mean] [--recipes plain ulmfit]
         [--json data/results/finetune_topics.json]
 
-`--pretrained` is a folder written by `bertlite.train.save_pretrained` (model.pt, config.json,
-vocab.txt) or a pre-training run directory (checkpoint.pt, vocab.txt). Two recipes: "plain"
+`--pretrained` is a folder written by `bertlite.train.save_pretrained` (model.safetensors,
+config.json, vocab.txt) or a pre-training run directory (checkpoint.pt, vocab.txt). Two recipes: "plain"
 (every layer at one rate, peak 3e-3, linear warm-up and decay: BERT's) and "ulmfit"
 (discriminative rates, slanted triangular rates and gradual unfreezing, peak 1e-2 as in the
 paper), both with AdamW; each with the pooled `<cls>` state or the mean

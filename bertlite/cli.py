@@ -12,6 +12,7 @@ import argparse
 import contextlib
 import dataclasses
 import json
+import math
 import os
 import sys
 import time
@@ -101,7 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--vocab-size", type=int, metavar="N",
                      help="WordPiece: train a vocabulary of N pieces on the training split")
     pre.add_argument("--vocab-file", metavar="F",
-                     help="WordPiece: use this vocab.txt (uncased), e.g. a real checkpoint's")
+                     help="WordPiece: use this vocab.txt, e.g. a real checkpoint's (cased when a "
+                     "tokenizer_config.json beside it says so)")
     pre.add_argument("--init-from", metavar="FOLDER",
                      help="start from a saved bertlite model or a Hugging Face BERT folder (its "
                      "vocab.txt is the tokenizer; missing MLM/NSP heads are created)")
@@ -259,7 +261,8 @@ def pretrain(args) -> dict:
         summary = summarize(history)
         if torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
             return summary
-        plot_history(history, run_dir / "loss.png")
+        V = net.config.vocab_size
+        plot_history(history, run_dir / "loss.png", references={f"uniform guess (ln {V})": math.log(V)})
     ev = summary.get("eval", {})
     print(f"MLM loss {summary['mlm_loss']:.3f}, NSP loss {summary['nsp_loss']:.3f} (means over "
           f"{train_cfg.steps} steps), {summary['pairs_per_s']:.1f} sentence pairs/s")

@@ -288,7 +288,8 @@ TOKENIZERS = ("word", "wordpiece")
 def make_tokenizer(text: str, tokenizer: str = "word", vocab_size: int | None = None,
                    vocab_file=None):
     """The WordPiece tokenizer a data pipeline asks for: trained on `text` with `vocab_size`
-    pieces, or read from `vocab_file` (a BERT vocab.txt, uncased). None for "word": the word
+    pieces, or read from `vocab_file` (a BERT vocab.txt; casing from a tokenizer_config.json
+    beside it, else uncased). None for "word": the word
     vocabulary is counted while the corpus is built. Errors name the command-line flag.
     (No notebook shows it yet; notebooks/07_masking_strategies.ipynb explains WordPiece.)
     """

@@ -45,10 +45,12 @@ class _LinearCrossEntropy(torch.autograd.Function):
             hc, wc, bc = h.to(dtype), weight.to(dtype), bias.to(dtype)
             loss, correct = torch.zeros((), device=h.device), torch.zeros((), device=h.device)
             grads = [torch.zeros(t.shape, device=h.device) for t in (h, weight.t(), bias)]
+            buffer = torch.empty(min(chunk, h.shape[0]), weight.shape[0], dtype=dtype, device=h.device)
             for s in range(0, h.shape[0], chunk):
                 e = min(s + chunk, h.shape[0])
                 y, ws = labels[s:e], w[s:e].float()
-                logits = torch.addmm(bc, hc[s:e], wc.t()).float()    # (c, V)
+                # One (chunk, V) buffer for every chunk: a fresh 20 MB block each time costs page faults
+                logits = torch.addmm(bc, hc[s:e], wc.t(), out=buffer[:e - s]).float()  # (c, V)
                 top, guess = logits.max(-1)                           # one pass: max and argmax
                 correct += ((guess == y) * ws).sum()
                 target = logits.gather(1, y[:, None])[:, 0] - top     # label's logit, shifted
@@ -60,9 +62,12 @@ class _LinearCrossEntropy(torch.autograd.Function):
                     g = p.mul_((scale / total_exp)[:, None])          # softmax * scale, in place
                     g[torch.arange(e - s, device=h.device), y] -= scale  # minus the one-hot label
                     gc = g.to(dtype)
-                    grads[0][s:e] = gc @ wc
-                    grads[1] += hc[s:e].t() @ gc                     # W's gradient, transposed:
-                                                                      # (H, c) @ (c, V) needs no copy
+                    if dtype == torch.float32:  # straight into the gradients, no temporaries
+                        torch.mm(gc, wc, out=grads[0][s:e])
+                        grads[1].addmm_(hc[s:e].t(), gc)              # W's gradient, transposed:
+                    else:                                             # (H, c) @ (c, V) needs no copy
+                        grads[0][s:e] = gc @ wc
+                        grads[1] += hc[s:e].t() @ gc                  # summed in fp32
                     grads[2] += g.sum(0)
         ctx.save_for_backward(grads[0], grads[1].t(), grads[2])
         ctx.mark_non_differentiable(correct)

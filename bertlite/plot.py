@@ -15,15 +15,19 @@ def _save(fig, path):
     return fig
 
 
-def plot_history(history, path=None, figsize=(9, 3.2)):
+def plot_history(history, path=None, figsize=(9, 3.2), references=None):
     """MLM and NSP loss per step (thin), their running mean (thick) and validation points.
+    `references` ({"unigram": loss, ...}) adds dashed lines of baselines to the MLM plot; the NSP
+    plot always shows chance (ln 2).
 
     Explained in notebooks/06_pretraining.ipynb.
     """
     steps = [r for r in history if "eval" not in r]
     evals = [r for r in history if "eval" in r]
     fig, axes = plt.subplots(1, 2, figsize=figsize)
-    for ax, key, title in zip(axes, ("mlm_loss", "nsp_loss"), ("masked LM loss", "next sentence loss")):
+    lines = ({**(references or {})}, {"chance (ln 2)": float(np.log(2))})
+    for ax, key, title, refs in zip(axes, ("mlm_loss", "nsp_loss"),
+                                    ("masked LM loss", "next sentence loss"), lines):
         x = np.array([r["step"] for r in steps])
         y = np.array([r[key] for r in steps])
         ax.plot(x, y, lw=0.8, alpha=0.5, label="per step")
@@ -32,9 +36,11 @@ def plot_history(history, path=None, figsize=(9, 3.2)):
         if evals:
             ax.plot([r["step"] for r in evals], [r["eval"][key] for r in evals], "o",
                     color="black", label="validation")
-        ax.set(title=title, xlabel="step")
+        for (name, value), style in zip(refs.items(), (":", "--", "-.")):
+            ax.axhline(value, color="grey", ls=style, lw=1, label=name)
+        ax.set(title=title, xlabel="step", ylabel="cross-entropy (nats)")
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
+        ax.legend(fontsize=8)
     fig.tight_layout()
     return _save(fig, path)
 
@@ -81,13 +87,13 @@ def show_masking(vocab, original, masked, pred_positions, mlm_weights, path=None
     return _save(fig, path)
 
 
-def plot_attention(weights, tokens, title="attention weights", path=None, figsize=(5.5, 5)):
-    """A (queries x keys) heatmap of one head's attention weights.
+def plot_attention(weights, tokens, title="attention weights", path=None, figsize=(5.5, 5), ax=None):
+    """A (queries x keys) heatmap of one head's attention weights (into `ax`, if given).
 
     Explained in notebooks/04_attention_encoder.ipynb.
     """
     weights = np.asarray(weights)
-    fig, ax = plt.subplots(figsize=figsize)
+    fig, ax = plt.subplots(figsize=figsize) if ax is None else (ax.figure, ax)
     im = ax.imshow(weights, cmap="Reds", vmin=0, vmax=max(float(weights.max()), 1e-9))
     ax.set_xticks(range(len(tokens)), tokens, rotation=90, fontsize=8)
     ax.set_yticks(range(len(tokens)), tokens, fontsize=8)

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import torch
 
-from .checks import read_json
 from .hf import load_hf_checkpoint
 from .model import BERTModel, evaluating
 from .wordpiece import WordPieceTokenizer
@@ -45,12 +44,7 @@ def load_tokenizer(folder) -> WordPieceTokenizer:
     """bertlite's WordPiece from the folder's `vocab.txt`; casing and accents as its
     `tokenizer_config.json` says (no file: uncased, BERT's default).
     Explained in notebooks/10_real_bert.ipynb."""
-    folder = Path(folder)
-    config_path = folder / "tokenizer_config.json"
-    config = read_json(config_path) if config_path.exists() else {}  # bad JSON: names the file
-    lowercase = config.get("do_lower_case", True)
-    return WordPieceTokenizer.from_vocab_file(folder / "vocab.txt", lowercase=lowercase,
-                                              strip_accents=config.get("strip_accents"))
+    return WordPieceTokenizer.from_vocab_file(Path(folder) / "vocab.txt")
 
 
 def load(name_or_folder) -> tuple[BERTModel, WordPieceTokenizer]:

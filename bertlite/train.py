@@ -168,13 +168,38 @@ def model_from_checkpoint(path) -> BERTModel:
     return net
 
 
-def save_pretrained(net: BERTModel, vocab, folder) -> None:
-    """A trained model for others to use: `model.pt` (weights only), `config.json`, `vocab.txt`."""
+def save_pretrained(net: BERTModel, vocab, folder, dtype=torch.float32) -> None:
+    """A trained model for others to use: `model.safetensors` (weights only; a tied decoder is
+    stored once; `dtype=torch.float16` halves the file), `config.json` and `vocab.txt`."""
+    from safetensors.torch import save_file
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    torch.save(net.state_dict(), folder / "model.pt")
+    state = {name: t.detach().to("cpu", dtype).contiguous() for name, t in net.state_dict().items()
+             if not (net.config.tie_decoder and name == "mlm.decoder.weight")}
+    save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
     (folder / "config.json").write_text(json.dumps(net.config.to_dict(), indent=2) + "\n")
     vocab.save(folder / "vocab.txt")
+
+
+def _load_weights(folder: Path, net: BERTModel) -> None:
+    """Weights from model.safetensors (any float dtype, cast to the model's), else an older
+    folder's model.pt; every tensor must be there except a tied decoder's copy."""
+    if not (folder / "model.safetensors").is_file():
+        net.load_state_dict(load_torch(folder / "model.pt"))
+        return
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+    try:
+        state = load_file(str(folder / "model.safetensors"))
+    except (SafetensorError, OSError) as e:
+        raise ValueError(f"{folder / 'model.safetensors'}: unreadable ({e}); save the model again") from None
+    ours = net.state_dict()
+    state = {k: v.to(ours[k].dtype) if k in ours else v for k, v in state.items()}
+    missing, unexpected = net.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not (net.config.tie_decoder and k == "mlm.decoder.weight")]
+    if missing or unexpected:
+        raise ValueError(f"{folder / 'model.safetensors'} does not match config.json: missing "
+                         f"{missing[:3]}, unexpected {unexpected[:3]}")
 
 
 def load_vocab(path, size: int | None = None):
@@ -199,17 +224,28 @@ def load_pretrained(folder):
     config = BERTConfig.from_file(folder / "config.json")
     vocab = load_vocab(folder / "vocab.txt", size=config.vocab_size)
     net = BERTModel(config)
-    net.load_state_dict(load_torch(folder / "model.pt"))
+    _load_weights(folder, net)
     return net.eval(), vocab
+
+
+def _is_bertlite_folder(folder: Path) -> bool:
+    """Written by `save_pretrained`: its config.json has bertlite's names (`ffn_hidden`, not
+    Hugging Face's `intermediate_size`)."""
+    if (folder / "model.pt").is_file():
+        return True
+    try:
+        return "ffn_hidden" in json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False  # no or no readable config.json: `resolve` below names the problem
 
 
 def load_init(folder) -> tuple[BERTModel, object]:
     """(model in training mode, vocabulary) to start pre-training from: a `save_pretrained`
-    folder (model.pt), or a Hugging Face BERT folder or known name (`bertlite.pretrained`) with its
+    folder (config.json with bertlite's keys), or a Hugging Face BERT folder or known name (`bertlite.pretrained`) with its
     vocab.txt. Heads the checkpoint lacks (MLM, NSP) are freshly initialised, so pre-training
     can go on from an encoder alone (all-MiniLM-L6-v2 has neither head)."""
     from .pretrained import load_tokenizer, resolve
-    if (Path(folder) / "model.pt").is_file():
+    if _is_bertlite_folder(Path(folder)):
         net, vocab = load_pretrained(folder)
     else:
         from .hf import load_hf_checkpoint

@@ -11,10 +11,13 @@ since about version 8 (the fast tokenizer's Unicode tables are older than Python
 from __future__ import annotations
 
 import collections
+import json
 import math
 import re
 import unicodedata
 from pathlib import Path
+
+from .checks import read_json, read_utf8, write_atomic
 
 SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")  # trained vocabularies use this order
 MAX_WORD_CHARS = 100  # BERT's limit: longer "words" are usually URLs or noise, so [UNK]
@@ -140,18 +143,28 @@ class WordPieceTokenizer:
         self._special_re = re.compile("(" + "|".join(map(re.escape, SPECIALS)) + ")")
 
     @classmethod
-    def from_vocab_file(cls, path, lowercase: bool = True, strip_accents: bool | None = None):
-        """Load a vocab.txt (one token per line; the line number is the id). Use `lowercase=False`
-        for cased vocabularies. Explained in notebooks/07_masking_strategies.ipynb."""
-        lines = Path(path).read_text(encoding="utf-8").split("\n")  # not splitlines(): tokens
-        if lines and lines[-1] == "":                              # may hold U+2028 and kin
+    def from_vocab_file(cls, path, lowercase: bool | None = None, strip_accents: bool | None = None):
+        """Load a vocab.txt (one token per line; the line number is the id). Casing and accents
+        come from the arguments, else from a `tokenizer_config.json` beside the file (as Hugging
+        Face and `save_vocab` write it), else BERT's default: uncased.
+        Explained in notebooks/07_masking_strategies.ipynb."""
+        config_path = Path(path).parent / "tokenizer_config.json"
+        config = read_json(config_path) if config_path.is_file() else {}  # bad JSON: names the file
+        lowercase = config.get("do_lower_case", True) if lowercase is None else lowercase
+        strip_accents = config.get("strip_accents") if strip_accents is None else strip_accents
+        lines = read_utf8(path, "vocabulary").split("\n")  # not splitlines(): tokens
+        if lines and lines[-1] == "":                       # may hold U+2028 and kin
             lines.pop()
         return cls(lines, lowercase, strip_accents)
 
     def save_vocab(self, path) -> None:
-        """Write vocab.txt: one token per line, in id order.
+        """Write vocab.txt: one token per line, in id order; a cased (or accent-keeping)
+        tokenizer also writes `tokenizer_config.json` beside it, so that it loads back the same.
         Explained in notebooks/07_masking_strategies.ipynb."""
         Path(path).write_text("\n".join(self.idx_to_token) + "\n", encoding="utf-8")
+        if not self.lowercase or self.strip_accents is not None:
+            config = {"do_lower_case": self.lowercase, "strip_accents": self.strip_accents}
+            write_atomic(Path(path).parent / "tokenizer_config.json", json.dumps(config) + "\n")
 
     save = save_vocab  # `Vocab`'s name for it: a run folder writes either vocabulary the same way
 

@@ -259,7 +259,7 @@ def test_cli_flags_reach_the_datasets_and_survive_resume(tmp_path, monkeypatch, 
     real_load = bertlite.data.load_pretrain_dataset
     monkeypatch.setattr(bertlite.data, "load_pretrain_dataset", load)
     monkeypatch.setattr(bertlite.train, "train_bert", train)
-    monkeypatch.setattr(bertlite.plot, "plot_history", lambda history, path: None)
+    monkeypatch.setattr(bertlite.plot, "plot_history", lambda history, path, **kwargs: None)
     run = tmp_path / "run"
     main(["pretrain", "--run-dir", str(run), "--pair-task", "sop", "--masking", "span", *SMALL])
     data = json.loads((run / "config.json").read_text())["data"]

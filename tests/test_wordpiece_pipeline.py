@@ -242,3 +242,22 @@ def test_cli_init_from_a_saved_model_and_a_hugging_face_folder(tmp_path, capsys)
     config = json.loads((tmp_path / "c" / "config.json").read_text())
     assert config["data"]["tokenizer"] == "wordpiece" and config["model"]["vocab_size"] == 30522
     assert (tmp_path / "c" / "vocab.txt").read_text().split("\n")[101] == "[CLS]"
+
+
+def test_casing_travels_with_the_vocabulary(tmp_path):
+    """One reader for every vocab.txt: a cased vocabulary saved by bertlite (or a Hugging Face
+    folder's tokenizer_config.json) loads back cased, wherever it is read."""
+    from bertlite.data import make_tokenizer
+    from bertlite.pretrained import load_tokenizer
+    from bertlite.train import load_vocab
+    from bertlite.wordpiece import SPECIALS, WordPieceTokenizer
+    cased = WordPieceTokenizer(list(SPECIALS) + ["The", "the", "crane"], lowercase=False)
+    cased.save_vocab(tmp_path / "vocab.txt")
+    for tok in (load_vocab(tmp_path / "vocab.txt"), load_tokenizer(tmp_path),
+                make_tokenizer("", "wordpiece", vocab_file=tmp_path / "vocab.txt")):
+        assert tok.tokenize("The crane") == ["The", "crane"]
+    uncased = WordPieceTokenizer(list(SPECIALS) + ["the", "crane"])
+    (tmp_path / "u").mkdir()
+    uncased.save_vocab(tmp_path / "u" / "vocab.txt")
+    assert not (tmp_path / "u" / "tokenizer_config.json").exists()   # the default needs no file
+    assert load_vocab(tmp_path / "u" / "vocab.txt").tokenize("The crane") == ["the", "crane"]
