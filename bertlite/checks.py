@@ -129,6 +129,20 @@ def load_torch(path, map_location="cpu", keys=()) -> dict:
     return require_keys(state, keys, path, "not a bertlite checkpoint")
 
 
+def load_safetensors(path) -> dict:
+    """The tensors of a safetensors file (which holds tensors only: nothing to run), or one clear
+    error for a missing, cut-short or foreign file."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+    path = Path(path)
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as e:
+        first = (str(e).splitlines() or [type(e).__name__])[0]
+        raise ValueError(f"{path}: unreadable ({first[:200]}); restore it, or save or download it "
+                         "again") from None
+
+
 HINTS = {errno.ENOSPC: "free some space, or write elsewhere", errno.EACCES: "check its permissions",
          errno.EPERM: "check its permissions", errno.EROFS: "write elsewhere",
          errno.EISDIR: "a file was expected there", errno.ENOTDIR: "a folder was expected there",

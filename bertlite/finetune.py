@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader
 
 from .loss import nsp_accuracy, nsp_loss
 from .model import BERTModel, Dropout, evaluating
+from .pretrained import mean_pool
 from .train import TrainConfig, autocast, devices, get_lr, make_optimizer, optimizer_step
 from .wikitext import SHIPPED, parse_wikitext, read_text, wikitext_path
 
@@ -48,8 +49,7 @@ class BERTClassifier(nn.Module):
         if self.pooling == "mean":  # over real tokens only: padding must not dilute it
             T = tokens.shape[1]
             lens = torch.full_like(tokens[:, 0], T) if valid_lens is None else valid_lens  # (B,)
-            real = (torch.arange(T, device=tokens.device) < lens[:, None])[..., None]      # (B, T, 1)
-            pooled = (out.encoded * real).sum(1) / real.sum(1)                            # (B, H)
+            pooled = mean_pool(out.encoded, lens)                                         # (B, H)
         return self.head(self.dropout(pooled))                    # (B, classes)
 
 

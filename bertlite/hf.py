@@ -14,6 +14,7 @@ from typing import NamedTuple
 
 import torch
 
+from .checks import load_safetensors, read_json, require_keys
 from .model import BERTConfig, BERTModel
 
 HEADS = ("pooler.", "mlm.", "nsp.")  # absent from a plain BertModel checkpoint
@@ -43,6 +44,9 @@ def hf_name_map(layers: int) -> dict[str, str]:
     for hf, ours in modules.items():
         names.update({f"{hf}.weight": f"{ours}.weight", f"{hf}.bias": f"{ours}.bias"})
     return names
+
+
+HF_SIZES = ("vocab_size", "hidden_size", "intermediate_size", "num_attention_heads", "num_hidden_layers")
 
 
 def config_from_hf(hf: dict) -> BERTConfig:
@@ -92,8 +96,7 @@ class LoadReport(NamedTuple):
 
 def _read_state(folder: Path) -> dict:
     if (folder / "model.safetensors").exists():
-        from safetensors.torch import load_file
-        return load_file(str(folder / "model.safetensors"))
+        return load_safetensors(folder / "model.safetensors")
     if (folder / "pytorch_model.bin").exists():  # a pickle: never run code from it
         return torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
     raise FileNotFoundError(f"{folder} has neither model.safetensors nor pytorch_model.bin")
@@ -106,7 +109,8 @@ def load_hf_checkpoint(folder) -> tuple[BERTModel, LoadReport]:
     `BertModel` checkpoint stay freshly initialised and the report lists them.
     """
     folder = Path(folder)
-    config = config_from_hf(json.loads((folder / "config.json").read_text()))
+    path = folder / "config.json"
+    config = config_from_hf(require_keys(read_json(path), HF_SIZES, path, "not a BERT config.json"))
     net = BERTModel(config)
     ours = net.state_dict()
     names = hf_name_map(config.layers)

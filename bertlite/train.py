@@ -23,7 +23,8 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
-from .checks import check_choice, check_range, check_types, load_torch, read_utf8, write_atomic
+from .checks import (check_choice, check_range, check_types, load_safetensors, load_torch,
+                     read_utf8, write_atomic)
 from .loss import fused_mlm_loss, nsp_accuracy, nsp_loss, pretrain_loss
 from .model import BERTConfig, BERTModel, evaluating
 from .rundir import Interrupted, stopping_on_signals
@@ -187,12 +188,7 @@ def _load_weights(folder: Path, net: BERTModel) -> None:
     if not (folder / "model.safetensors").is_file():
         net.load_state_dict(load_torch(folder / "model.pt"))
         return
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-    try:
-        state = load_file(str(folder / "model.safetensors"))
-    except (SafetensorError, OSError) as e:
-        raise ValueError(f"{folder / 'model.safetensors'}: unreadable ({e}); save the model again") from None
+    state = load_safetensors(folder / "model.safetensors")
     ours = net.state_dict()
     state = {k: v.to(ours[k].dtype) if k in ours else v for k, v in state.items()}
     missing, unexpected = net.load_state_dict(state, strict=False)

@@ -53,6 +53,19 @@ def test_any_hf_folder_with_its_casing(tmp_path, transformers):
     assert load(tmp_path)[1].tokenize("Crane") == ["crane"]
 
 
+def test_broken_hf_folders_are_named_in_one_line(tmp_path):
+    """A config.json without the sizes, or weights cut short: a ValueError naming the file."""
+    (tmp_path / "config.json").write_text(json.dumps({"hidden_size": 8}))
+    with pytest.raises(ValueError, match=r"config.json lacks vocab_size, intermediate_size"):
+        load(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps(
+        {"vocab_size": 9, "hidden_size": 8, "intermediate_size": 16, "num_attention_heads": 2,
+         "num_hidden_layers": 1}))
+    (tmp_path / "model.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(ValueError, match=r"model.safetensors: unreadable"):
+        load(tmp_path)
+
+
 def test_mean_pool_leaves_padding_out():
     encoded = torch.tensor([[[1.0], [3.0], [100.0]], [[2.0], [4.0], [6.0]]])  # (2, 3, 1)
     assert mean_pool(encoded, torch.tensor([2, 3])).tolist() == [[2.0], [4.0]]
