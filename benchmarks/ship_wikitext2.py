@@ -24,21 +24,12 @@ import numpy as np
 import torch
 
 from _common import wikitext2_dir
+from bertlite.baselines import unigram, unigram_scores
 from bertlite.data import load_pretrain_dataset
 from bertlite.plot import plot_history
 from bertlite.train import evaluate, load_pretrained, load_vocab, model_from_checkpoint, save_pretrained
 
 GROUPS = (("20 commonest", 0, 20), ("ranks 21-100", 20, 100), ("content words (rank > 100)", 100, None))
-
-
-def unigram(train, vocab):
-    """Probability of each token in the training text, add-one smoothed; specials get none."""
-    real = train.tokens[np.arange(train.tokens.shape[1]) < train.valid_lens[:, None]]
-    counts = np.bincount(real, minlength=len(vocab)).astype(float)
-    counts[vocab.specials] = 0  # never masked, never a label
-    p = counts + 1
-    p[vocab.specials] = 0
-    return counts, p / p.sum()
 
 
 def masked_word_scores(net, valid, counts, p_unigram):
@@ -89,9 +80,8 @@ def main():
     valid = load_pretrain_dataset(seq_len, "wikitext-2", "valid", data_dir, vocab=vocab, seed=0)
     counts, p_unigram = unigram(train, vocab)
     ev = evaluate(shipped, valid)
-    w = valid.arrays["mlm_weights"].numpy().ravel() > 0
-    labels = valid.arrays["mlm_labels"].numpy().ravel()[w]
-    unigram_loss = float(-np.log(p_unigram[labels]).mean())
+    masked_words = int((valid.arrays["mlm_weights"] > 0).sum())
+    u = unigram_scores(train, valid)
     nsp = float(np.asarray(valid.nsp_labels, dtype=float).mean())
     steps = [r for r in history if "eval" not in r]
     result = {
@@ -102,11 +92,10 @@ def main():
         "training_steps": len(steps),
         "training_minutes": round(sum(r["seconds"] for r in steps) / 60, 1),
         "median_pairs_per_s": float(np.median([r["pairs_per_s"] for r in steps])),
-        "validation_pairs": len(valid), "masked_words": int(w.sum()),
+        "validation_pairs": len(valid), "masked_words": masked_words,
         "model": {"mlm_loss": ev["mlm_loss"], "perplexity": ev["perplexity"], "mlm_acc": ev["mlm_acc"],
                   "nsp_acc": ev["nsp_acc"]},
-        "unigram": {"mlm_loss": unigram_loss, "perplexity": math.exp(unigram_loss),
-                    "mlm_acc": float((labels == counts.argmax()).mean())},
+        "unigram": u,
         "uniform": {"mlm_loss": math.log(len(vocab)), "perplexity": len(vocab)},
         "nsp_majority": max(nsp, 1 - nsp),
         "by_word_kind": masked_word_scores(shipped, valid, counts, p_unigram),
@@ -114,7 +103,7 @@ def main():
     }
     plot_history(history, args.out / "loss.png",
                  references={f"uniform guess (ln {len(vocab)})": math.log(len(vocab)),
-                             "unigram model": unigram_loss})
+                             "unigram model": u["mlm_loss"]})
     args.json.write_text(json.dumps(result, indent=1) + "\n")
 
     m, u = result["model"], result["unigram"]

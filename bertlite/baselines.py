@@ -1,4 +1,7 @@
-"""What a fine-tuned BERT must beat, and a fair way to measure it on a small task.
+"""What a trained BERT must beat, and a fair way to measure it on a small task.
+
+A masked-word guess must beat the unigram model (`unigram`: how often each word occurs in the
+training text, with no context at all).
 
 The topic task's test split holds 51 paragraphs of 6 articles: one paragraph moves its accuracy
 by 0.02, and one odd article by much more. `article_folds` instead cross-validates over all 48
@@ -8,8 +11,35 @@ the frozen-encoder probe (BERT's sentence vectors). Explained in notebooks/10_re
 """
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import torch
 from .finetune import TopicDataset
+
+
+def unigram(train, vocab) -> tuple[np.ndarray, np.ndarray]:
+    """(counts, probabilities) of each token among the real tokens of a `PretrainDataset`'s
+    pairs, add-one smoothed; the specials get none (they are never masked, never a label).
+    Explained in notebooks/11_domain_adaptation.ipynb."""
+    real = train.tokens[np.arange(train.tokens.shape[1]) < train.valid_lens[:, None]]
+    counts = np.bincount(real, minlength=len(vocab)).astype(float)
+    counts[vocab.specials] = 0
+    p = counts + 1
+    p[vocab.specials] = 0
+    return counts, p / p.sum()
+
+
+def unigram_scores(train, valid) -> dict:
+    """{"mlm_loss", "perplexity", "mlm_acc"} of the unigram model of `train` on the masked
+    words of `valid` (a `PretrainDataset` with the same vocabulary): the numbers a masked-LM
+    must beat on those very words. Explained in notebooks/11_domain_adaptation.ipynb."""
+    counts, p = unigram(train, train.vocab)
+    w = valid.arrays["mlm_weights"].numpy().ravel() > 0
+    labels = valid.arrays["mlm_labels"].numpy().ravel()[w]
+    loss = float(-np.log(p[labels]).mean())
+    return {"mlm_loss": loss, "perplexity": math.exp(loss),
+            "mlm_acc": float((labels == counts.argmax()).mean())}
 
 
 def concat_topics(datasets) -> TopicDataset:

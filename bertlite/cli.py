@@ -102,8 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--vocab-size", type=int, metavar="N",
                      help="WordPiece: train a vocabulary of N pieces on the training split")
     pre.add_argument("--vocab-file", metavar="F",
-                     help="WordPiece: use this vocab.txt, e.g. a real checkpoint's (cased when a "
-                     "tokenizer_config.json beside it says so)")
+                     help="use this vocab.txt: with wordpiece e.g. a real checkpoint's (cased when a "
+                     "tokenizer_config.json beside it says so); with word another run's")
     pre.add_argument("--init-from", metavar="FOLDER",
                      help="start from a saved bertlite model or a Hugging Face BERT folder (its "
                      "vocab.txt is the tokenizer; missing MLM/NSP heads are created)")
@@ -173,6 +173,7 @@ def _resume_config(args):
 def pretrain(args) -> dict:
     import torch
 
+    from .baselines import unigram_scores
     from .data import load_pretrain_dataset
     from .model import BERTModel
     from .plot import plot_history
@@ -256,19 +257,28 @@ def pretrain(args) -> dict:
             write_atomic(run_dir / "config.json", json.dumps(config, indent=2) + "\n")
         torch.manual_seed(train_cfg.seed)
         net = init_net if init_net is not None else BERTModel(model_cfg)
-        history = train_bert(net, train_data, train_cfg, val_data, run_dir,
-                             resume=bool(args.resume), progress=not args.no_progress)
+        history = train_bert(net, train_data, train_cfg, val_data, run_dir, resume=bool(args.resume),
+                             progress=not args.no_progress, eval_first=init_net is not None)
         summary = summarize(history)
         if torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
             return summary
         V = net.config.vocab_size
-        plot_history(history, run_dir / "loss.png", references={f"uniform guess (ln {V})": math.log(V)})
+        u = unigram_scores(train_data, val_data)  # word counts alone, on the same masked words
+        plot_history(history, run_dir / "loss.png", references={
+            f"uniform guess (ln {V})": math.log(V), "unigram model": u["mlm_loss"]})
     ev = summary.get("eval", {})
     print(f"MLM loss {summary['mlm_loss']:.3f}, NSP loss {summary['nsp_loss']:.3f} (means over "
           f"{train_cfg.steps} steps), {summary['pairs_per_s']:.1f} sentence pairs/s")
+    name = "SOP" if data.get("pair_task") == "sop" else "NSP"
+    first = next((r["eval"] for r in history if r["step"] == 0 and "eval" in r), None)
+    for when, e in (("before training", first), ("", ev)):
+        if e:
+            print(f"validation{' ' + when if when else ''}: MLM loss {e['mlm_loss']:.3f} (perplexity "
+                  f"{e['perplexity']:.1f}), MLM accuracy {e['mlm_acc']:.3f}, {name} accuracy "
+                  f"{e['nsp_acc']:.3f}")
     if ev:
-        print(f"validation: MLM loss {ev['mlm_loss']:.3f} (perplexity {ev['perplexity']:.1f}), "
-              f"MLM accuracy {ev['mlm_acc']:.3f}, NSP accuracy {ev['nsp_acc']:.3f}")
+        print(f"unigram model (training-split word counts): MLM loss {u['mlm_loss']:.3f} "
+              f"(perplexity {u['perplexity']:.1f}), MLM accuracy {u['mlm_acc']:.3f}")
     print(f"wrote {run_dir}/: config.json vocab.txt metrics.jsonl loss.png checkpoint.pt")
     return summary
 

@@ -18,7 +18,7 @@ import torch
 from .masking import MASKING, find_word_starts, mask, mask_tokens  # noqa: F401 (re-exported)
 from .masking import maskable_positions, prediction_budget, replace_predicted  # noqa: F401
 from .masking import token_id
-from .vocab import Vocab
+from .vocab import SPECIAL_TOKENS, Vocab
 from .wikitext import SHIPPED, read_text
 
 BATCH_KEYS = ("tokens", "segments", "valid_lens", "pred_positions", "mlm_weights", "mlm_labels",
@@ -285,12 +285,24 @@ def default_min_freq(name: str) -> int:
 TOKENIZERS = ("word", "wordpiece")
 
 
+def _word_vocab_file(path) -> Vocab:
+    """A word vocabulary written by `Vocab.save` (a run's or a saved model's vocab.txt)."""
+    from .checks import read_utf8
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"--vocab-file {path}: no such file")
+    if read_utf8(path, "vocabulary").split("\n", 1)[0] != SPECIAL_TOKENS[0]:
+        raise ValueError(f"--vocab-file {path} is not a bertlite word vocabulary (its first line "
+                         "is not <pad>); for a BERT vocab.txt add --tokenizer wordpiece")
+    return Vocab.load(path)
+
+
 def make_tokenizer(text: str, tokenizer: str = "word", vocab_size: int | None = None,
                    vocab_file=None):
-    """The WordPiece tokenizer a data pipeline asks for: trained on `text` with `vocab_size`
+    """The tokenizer a data pipeline asks for. WordPiece: trained on `text` with `vocab_size`
     pieces, or read from `vocab_file` (a BERT vocab.txt; casing from a tokenizer_config.json
-    beside it, else uncased). None for "word": the word
-    vocabulary is counted while the corpus is built. Errors name the command-line flag.
+    beside it, else uncased). Word: the word vocabulary in `vocab_file` (another run's, so
+    that two models share one vocabulary), or None: the word vocabulary is then counted while
+    the corpus is built. Errors name the command-line flag.
     (No notebook shows it yet; notebooks/07_masking_strategies.ipynb explains WordPiece.)
     """
     from .checks import ConfigError
@@ -298,9 +310,10 @@ def make_tokenizer(text: str, tokenizer: str = "word", vocab_size: int | None = 
     if tokenizer not in TOKENIZERS:
         raise ConfigError(f"--tokenizer must be one of {', '.join(TOKENIZERS)}; got {tokenizer!r}")
     if tokenizer == "word":
-        if vocab_size is not None or vocab_file is not None:
-            raise ConfigError("--vocab-size and --vocab-file are for --tokenizer wordpiece")
-        return None
+        if vocab_size is not None:
+            raise ConfigError("--vocab-size is for --tokenizer wordpiece (a word vocabulary "
+                              "keeps the words seen --min-freq times)")
+        return None if vocab_file is None else _word_vocab_file(vocab_file)
     if (vocab_size is None) == (vocab_file is None):
         raise ConfigError("--tokenizer wordpiece needs one of --vocab-size N (train a vocabulary) "
                           "or --vocab-file F (a vocab.txt)")

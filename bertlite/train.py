@@ -280,10 +280,12 @@ def evaluate(net: BERTModel, dataset, batch_size: int = 512, device=None) -> dic
 
 
 def train_bert(net: BERTModel, train_data, cfg: TrainConfig, val_data=None, run_dir=None,
-               resume: bool = False, progress: bool = True) -> list[dict]:
+               resume: bool = False, progress: bool = True, eval_first: bool = False) -> list[dict]:
     """Pre-train `net` for `cfg.steps` steps; return the history (one dict per step, plus
     `{"step", "eval": {...}}` records). With `run_dir`, rank 0 appends each record to
     `metrics.jsonl` and writes `checkpoint.pt`; `resume=True` continues from that checkpoint.
+    `eval_first` also validates before the first step (a `{"step": 0, "eval"}` record): for a
+    model that starts pre-trained, how good it is before this training.
     Explained in notebooks/06_pretraining.ipynb.
     """
     rank, world, local_rank = _distributed()
@@ -335,6 +337,8 @@ def train_bert(net: BERTModel, train_data, cfg: TrainConfig, val_data=None, run_
             with open(run_dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(r) + "\n")
 
+    if eval_first and not resume and val_data is not None and rank == 0:
+        record({"step": 0, "eval": evaluate(net, val_data, cfg.batch_size, device)})
     net.train()
     with stopping_on_signals(run_dir is not None) as signals:
         while step < cfg.steps:

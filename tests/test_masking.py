@@ -249,7 +249,7 @@ def test_cli_flags_reach_the_datasets_and_survive_resume(tmp_path, monkeypatch, 
         built.append(real_load(*args, **kwargs))
         return built[-1]
 
-    def train(net, train_data, cfg, val_data, run_dir, resume, progress):
+    def train(net, train_data, cfg, val_data, run_dir, resume, progress, eval_first=False):
         # --resume reads the checkpoint's step before it builds any data: an empty file is refused
         torch.save({k: {} for k in ("model", "optimizer", "scaler")} | {"step": 1, "history": []},
                    run_dir / "checkpoint.pt")
