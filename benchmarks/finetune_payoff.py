@@ -104,6 +104,7 @@ class Task:
         self.y = self.data.arrays["label"]
         self.classes = len(self.data.categories)
         self.articles = {t: p for s in SPLITS for t, p in read_articles("tinywiki", s)}
+        self.bow = bag_of_words(self.data, len(vocab), vocab.specials)  # (N, V), for every fold
 
     def train_index(self, fold):
         return [i for f, idx in enumerate(self.folds) if f != fold for i in idx]
@@ -164,8 +165,7 @@ def encoder(row, task, wt2, seed, fold, cache: Path):
 
 
 def bow_correct(task, train_index, fold) -> int:
-    x = bag_of_words(task.data, len(task.vocab), task.vocab.specials)
-    test = task.folds[fold]
+    x, test = task.bow, task.folds[fold]
     pred = logistic_regression(x[train_index], task.y[train_index], x[test], task.classes)
     return int((pred == task.y[test]).sum())
 
