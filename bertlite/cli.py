@@ -91,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--min-freq", type=int, help="vocabulary min count (2 shipped, 5 WikiText-2)")
     pre.add_argument("--dynamic-masking", action=argparse.BooleanOptionalAction, default=None,
                      help="new masks every epoch (default on for the shipped corpus)")
+    pre.add_argument("--dynamic-pairs", action=argparse.BooleanOptionalAction, default=None,
+                     help="new sentence pairs every epoch, not only new masks (implies "
+                     "--dynamic-masking; default off)")
     pre.add_argument("--pair-task", choices=("nsp", "sop"),
                      help="sentence-pair task: next sentence (BERT) or sentence order (ALBERT) "
                      "(default nsp)")
@@ -130,6 +133,7 @@ def _given(args, cls):
 # The flags that fix the model or its data: a resumed run must keep them (config.json key, default).
 DATA_FLAGS = {"dataset": ("name", "tinywiki"), "seq_len": ("max_len", 64),
               "min_freq": ("min_freq", None), "dynamic_masking": ("dynamic_masking", None),
+              "dynamic_pairs": ("dynamic_pairs", False),
               "pair_task": ("pair_task", "nsp"), "masking": ("masking", "token"),
               "tokenizer": ("tokenizer", "word"), "vocab_size": ("vocab_size", None),
               "vocab_file": ("vocab_file", None), "init_from": ("init_from", None)}
@@ -193,9 +197,13 @@ def pretrain(args) -> dict:
         vocab = load_vocab(run_dir / "vocab.txt", size=model_cfg.vocab_size)  # word or WordPiece
     else:
         shipped = (args.dataset or "tinywiki") == "tinywiki"
+        if args.dynamic_pairs and args.dynamic_masking is False:
+            raise ConfigError("--dynamic-pairs needs new masks every epoch: drop --no-dynamic-masking")
+        masks_every_epoch = shipped or bool(args.dynamic_pairs)
         data = {"name": args.dataset or "tinywiki", "data_dir": args.data_dir,
                 "max_len": args.seq_len or 64, "min_freq": args.min_freq,
-                "dynamic_masking": shipped if args.dynamic_masking is None else args.dynamic_masking,
+                "dynamic_masking": masks_every_epoch if args.dynamic_masking is None
+                else args.dynamic_masking, "dynamic_pairs": bool(args.dynamic_pairs),
                 "seed": args.seed or 0, "pair_task": args.pair_task or "nsp",
                 "masking": args.masking or "token", "tokenizer": args.tokenizer or "word",
                 "vocab_size": args.vocab_size, "vocab_file": args.vocab_file}

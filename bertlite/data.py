@@ -195,7 +195,29 @@ def sentence_order_pairs(corpus: Corpus, max_len: int, rng: np.random.Generator)
     return Pairs(first[keep], second[keep], in_order[keep].astype(np.int64))
 
 
+def dynamic_next_sentence_pairs(corpus: Corpus, max_len: int, rng: np.random.Generator) -> Pairs:
+    """Next-sentence pairs for new pairs every epoch (`PretrainDataset(dynamic_pairs=True)`):
+    the same number at every draw, because the trainer counts its steps in epochs of one length.
+
+    One pair for each sentence whose true successor fits beside it in `max_len`. Half keep that
+    successor (label 1); half get a random sentence instead (label 0), drawn uniformly from the
+    sentences short enough to fit, so no pair is dropped. Unlike `next_sentence_pairs` the random
+    sentence is uniform over sentences, not over paragraphs first.
+    """
+    fits = corpus.lengths[:-1] + corpus.lengths[1:] + 3 <= max_len
+    a = np.flatnonzero((corpus.paragraph[:-1] == corpus.paragraph[1:]) & fits)
+    is_next = rng.random(len(a)) < 0.5
+    by_length = np.argsort(corpus.lengths, kind="stable")
+    # How many sentences fit beside each a: the first `room` of them in order of length (>= 1,
+    # as a's successor is one of them); a uniform draw among those is a uniform fitting sentence.
+    room = np.searchsorted(corpus.lengths[by_length], max_len - 3 - corpus.lengths[a], side="right")
+    random_b = by_length[(rng.random(len(a)) * room).astype(np.int64)]
+    return Pairs(a, np.where(is_next, a + 1, random_b), is_next.astype(np.int64))
+
+
 PAIR_TASKS = {"nsp": next_sentence_pairs, "sop": sentence_order_pairs}
+# New pairs every epoch need a fixed count; sentence-order pairs have one already.
+DYNAMIC_PAIR_TASKS = {"nsp": dynamic_next_sentence_pairs, "sop": sentence_order_pairs}
 
 
 def build_inputs(corpus: Corpus, pairs: Pairs, max_len: int, vocab: Vocab):
@@ -222,34 +244,36 @@ def build_inputs(corpus: Corpus, pairs: Pairs, max_len: int, vocab: Vocab):
 class PretrainDataset(torch.utils.data.Dataset):
     """BERT pre-training examples (masked LM + next sentence) from an encoded `Corpus`.
 
-    Pairs are drawn once. Masks are drawn once (`dynamic_masking=False`, the book's static
-    masking) or afresh for every epoch (`dynamic_masking=True`, as in RoBERTa; the trainer calls
-    `set_epoch`). Each item is a dict of the seven tensors named in `BATCH_KEYS`.
+    Masks are drawn once (`dynamic_masking=False`, the book's static masking) or afresh for every
+    epoch (`dynamic_masking=True`, as in RoBERTa; the trainer calls `set_epoch`). Pairs are drawn
+    once, as in the book, or also afresh for every epoch (`dynamic_pairs=True`, which needs
+    dynamic masking), so that a "not next" partner is not seen again epoch after epoch.
+    Each item is a dict of the seven tensors named in `BATCH_KEYS`.
     `pair_task="sop"` asks for sentence order instead of the next sentence, and `masking` names
     a strategy of `bertlite.masking.MASKING` (notebooks/07_masking_strategies.ipynb).
     Explained in notebooks/03_masking.ipynb.
     """
 
     def __init__(self, corpus: Corpus, vocab: Vocab, max_len: int = 64, seed: int = 0,
-                 dynamic_masking: bool = False, *, pair_task: str = "nsp", masking: str = "token",
-                 **mask_options):
+                 dynamic_masking: bool = False, *, dynamic_pairs: bool = False,
+                 pair_task: str = "nsp", masking: str = "token", **mask_options):
         if max_len < 5:
             raise ValueError(f"max_len={max_len} is too small: a pair needs <cls> a <sep> b <sep>")
         if pair_task not in PAIR_TASKS:
             raise ValueError(f"unknown pair_task {pair_task!r}; choose one of {list(PAIR_TASKS)}")
         if masking not in MASKING:
             raise ValueError(f"unknown masking {masking!r}; choose one of {list(MASKING)}")
+        if dynamic_pairs and not dynamic_masking:
+            raise ValueError("dynamic_pairs=True needs dynamic_masking=True: new pairs need new masks")
         self.vocab, self.max_len, self.seed, self.dynamic = vocab, max_len, seed, dynamic_masking
+        self.corpus, self.dynamic_pairs = corpus, dynamic_pairs
         self.pair_task, self.masking, self.mask_options = pair_task, masking, mask_options
-        pairs = PAIR_TASKS[pair_task](corpus, max_len, np.random.default_rng([seed, 0]))
-        if len(pairs.a) == 0:
+        self.set_epoch(0)
+        if len(self) == 0:
             shortest = int(np.sort(corpus.lengths)[:2].sum()) + 3
             raise ValueError(f"max_len={max_len} leaves no sentence pair; raise it (the two "
                              f"shortest sentences need {shortest}, a typical pair about "
                              f"{int(2 * np.median(corpus.lengths)) + 3})")
-        self.tokens, self.segments, self.valid_lens = build_inputs(corpus, pairs, max_len, vocab)
-        self.nsp_labels = pairs.is_next
-        self.set_epoch(0)
 
     @classmethod
     def from_paragraphs(cls, paragraphs, max_len: int = 64, vocab: Vocab | None = None,
@@ -259,9 +283,16 @@ class PretrainDataset(torch.utils.data.Dataset):
         return cls(Corpus.encode(paragraphs, vocab), vocab, max_len, **options)
 
     def set_epoch(self, epoch: int) -> None:
-        """Draw the masks of this epoch (always epoch 0's with static masking)."""
+        """Draw the pairs (once, or every epoch) and masks (once, or every epoch) of this epoch."""
         if not self.dynamic and hasattr(self, "arrays"):
             return  # static masks were drawn once, in __init__
+        if self.dynamic_pairs or not hasattr(self, "tokens"):
+            draw = (DYNAMIC_PAIR_TASKS if self.dynamic_pairs else PAIR_TASKS)[self.pair_task]
+            seed = [self.seed, 0, epoch] if self.dynamic_pairs else [self.seed, 0]
+            pairs = draw(self.corpus, self.max_len, np.random.default_rng(seed))
+            self.tokens, self.segments, self.valid_lens = build_inputs(
+                self.corpus, pairs, self.max_len, self.vocab)
+            self.nsp_labels = pairs.is_next
         rng = np.random.default_rng([self.seed, 1, epoch if self.dynamic else 0])
         starts = None if self.masking == "token" else find_word_starts(self.tokens, self.vocab)
         masked = mask(self.masking, self.tokens, self.valid_lens, self.vocab, rng, starts,
@@ -335,7 +366,8 @@ def make_tokenizer(text: str, tokenizer: str = "word", vocab_size: int | None = 
 def load_pretrain_dataset(max_len: int = 64, name: str = SHIPPED, split: str = "train",
                           data_dir=None, vocab=None, min_freq: int | None = None,
                           seed: int = 0, dynamic_masking: bool = False, download: bool = False,
-                          *, pair_task: str = "nsp", masking: str = "token",
+                          *, dynamic_pairs: bool = False, pair_task: str = "nsp",
+                          masking: str = "token",
                           tokenizer: str = "word", vocab_size: int | None = None,
                           vocab_file=None, **mask_options) -> PretrainDataset:
     """Read a WikiText split and build its pre-training examples (the fast path).
@@ -344,8 +376,8 @@ def load_pretrain_dataset(max_len: int = 64, name: str = SHIPPED, split: str = "
     WordPiece tokenizer, which then decides the tokenizer (`tokenizer`, `vocab_size` and
     `vocab_file` are ignored). Without one, `tokenizer="word"` counts a word vocabulary and
     `tokenizer="wordpiece"` trains one of `vocab_size` pieces on this split or reads
-    `vocab_file` (`make_tokenizer`). `pair_task` and `masking` choose the objectives (see
-    `PretrainDataset`).
+    `vocab_file` (`make_tokenizer`). `pair_task` and `masking` choose the objectives, and
+    `dynamic_masking` / `dynamic_pairs` how often they are drawn (see `PretrainDataset`).
     Explained in notebooks/03_masking.ipynb.
     """
     text = read_text(name, split, data_dir, download)
@@ -355,8 +387,9 @@ def load_pretrain_dataset(max_len: int = 64, name: str = SHIPPED, split: str = "
     if len(corpus.lengths) == 0:
         raise ValueError(f"{name}/{split} has no paragraph of two or more sentences: is it a "
                          "WikiText file (one paragraph per line, sentences ending in ' . ')?")
-    return PretrainDataset(corpus, vocab, max_len, seed, dynamic_masking, pair_task=pair_task,
-                           masking=masking, **mask_options)
+    return PretrainDataset(corpus, vocab, max_len, seed, dynamic_masking,
+                           dynamic_pairs=dynamic_pairs, pair_task=pair_task, masking=masking,
+                           **mask_options)
 
 
 def load_data_wiki(batch_size: int, max_len: int = 64, shuffle: bool = True, num_workers: int = 0,

@@ -106,7 +106,7 @@ def keep_mask(shape, p: float, dtype=torch.float32, device=None) -> torch.Tensor
     bits = torch.empty((n + 3) // 4, dtype=torch.int64, device=device).random_(-2**63, 2**63 - 1)
     pieces = bits.view(torch.int16)[:n]  # four numbers per draw, each uniform on -32768 ... 32767
     keep = pieces >= k - 32768           # false for the k lowest values: probability k / 65536
-    return keep.to(dtype).mul_(65536 / (65536 - k)).view(shape)
+    return torch.where(keep, 65536 / (65536 - k), 0.0).to(dtype).view(shape)  # one pass
 
 
 class Embeddings(nn.Module):

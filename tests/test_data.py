@@ -183,3 +183,48 @@ def test_real_wikitext2_counts(wikitext2_dir):
     # Predictions per pair: the book takes 15% of all tokens, specials included (6.95); we take
     # 15% of the maskable ones.
     assert 6.2 < ds.arrays["mlm_weights"].sum(1).mean().item() < 6.6
+
+
+def test_dynamic_pairs_keep_their_count_and_fit_and_draw_uniform_partners():
+    """New pairs every epoch: always one pair per sentence whose successor fits, half of them
+    next, and each "not next" partner uniform over the sentences short enough to fit."""
+    lengths = [50, 6, 2, 3, 9, 20, 4, 12, 1, 7]  # one paragraph; max_len 64 leaves 11 beside 50
+    vocab = Vocab(["w"])
+    corpus = Corpus.encode([[["w"] * n for n in lengths]], vocab)
+    L = np.array(lengths)
+    fits_beside_first = np.flatnonzero(L <= 64 - 3 - 50)  # sentences that fit beside sentence 0
+    counts, nexts, n = np.zeros(len(L)), 0, 0
+    for seed in range(4000):
+        pairs = bertlite.data.dynamic_next_sentence_pairs(corpus, 64, np.random.default_rng(seed))
+        assert pairs.a.tolist() == list(range(9))  # every sentence has a successor that fits
+        assert np.all(L[pairs.a] + L[pairs.b] + 3 <= 64)
+        assert np.all(pairs.b[pairs.is_next == 1] == pairs.a[pairs.is_next == 1] + 1)
+        nexts, n = nexts + pairs.is_next.sum(), n + len(pairs.a)
+        if not pairs.is_next[0]:
+            counts[pairs.b[0]] += 1
+    assert within(nexts, n, 0.5)
+    assert set(np.flatnonzero(counts)) == set(fits_beside_first)
+    for s in fits_beside_first:  # uniform among the fitting sentences
+        assert within(counts[s], counts.sum(), 1 / len(fits_beside_first))
+
+
+def test_dynamic_pairs_draw_new_pairs_each_epoch_reproducibly():
+    ds = bertlite.load_pretrain_dataset(64, dynamic_masking=True, dynamic_pairs=True)
+    first = {k: v.clone() for k, v in ds.arrays.items()}
+    n = len(ds)
+    ds.set_epoch(1)
+    assert len(ds) == n  # the trainer counts steps in epochs of one length
+    assert not torch.equal(ds.arrays["nsp_labels"], first["nsp_labels"])
+    assert not torch.equal(ds.arrays["segments"], first["segments"])  # new partners, new lengths
+    again = bertlite.load_pretrain_dataset(64, dynamic_masking=True, dynamic_pairs=True)
+    again.set_epoch(1)  # an epoch's pairs depend on the seed and the epoch only: resume is exact
+    assert all(torch.equal(again.arrays[k], ds.arrays[k]) for k in BATCH_KEYS)
+    ds.set_epoch(0)
+    assert all(torch.equal(first[k], ds.arrays[k]) for k in BATCH_KEYS)
+    sop = bertlite.load_pretrain_dataset(64, dynamic_masking=True, dynamic_pairs=True,
+                                         pair_task="sop")
+    labels = sop.arrays["nsp_labels"].clone()
+    sop.set_epoch(1)
+    assert not torch.equal(sop.arrays["nsp_labels"], labels)
+    with pytest.raises(ValueError, match="needs dynamic_masking=True"):
+        bertlite.load_pretrain_dataset(64, dynamic_pairs=True)

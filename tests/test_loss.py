@@ -1,3 +1,4 @@
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -66,6 +67,18 @@ def test_fused_loss_equals_the_plain_one_with_gradients():
     assert torch.allclose(plain, fused, atol=1e-6)
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(grads, fused_grads))
     assert torch.allclose(acc, mlm_accuracy(decoder(h), labels, weights))
+
+
+def test_accuracy_counts_a_tie_at_the_top_as_a_hit_in_both_paths():
+    decoder = torch.nn.Linear(2, 3)
+    with torch.no_grad():  # logits [1, 1, 0] for every row: words 0 and 1 tie at the top
+        decoder.weight.copy_(torch.tensor([[1.0, 0], [1.0, 0], [0, 0]]))
+        decoder.bias.zero_()
+    h = torch.tensor([[1.0, 0]]).repeat(4, 1)[None]       # (1, 4, 2)
+    labels, weights = torch.tensor([[0, 1, 2, 1]]), torch.tensor([[1.0, 1, 1, 0]])
+    _, fused = fused_mlm_loss(h, decoder, labels, weights)
+    plain = mlm_accuracy(decoder(h), labels, weights)
+    assert fused.item() == plain.item() == pytest.approx(2 / 3)  # labels 0 and 1 hit, 2 misses, the 4th is padding
 
 
 def test_fused_loss_under_bf16_autocast_is_close():

@@ -261,16 +261,28 @@ def test_cli_flags_reach_the_datasets_and_survive_resume(tmp_path, monkeypatch, 
     monkeypatch.setattr(bertlite.train, "train_bert", train)
     monkeypatch.setattr(bertlite.plot, "plot_history", lambda history, path, **kwargs: None)
     run = tmp_path / "run"
-    main(["pretrain", "--run-dir", str(run), "--pair-task", "sop", "--masking", "span", *SMALL])
+    main(["pretrain", "--run-dir", str(run), "--pair-task", "sop", "--masking", "span",
+          "--dynamic-pairs", *SMALL])
     data = json.loads((run / "config.json").read_text())["data"]
     assert data["pair_task"] == "sop" and data["masking"] == "span"
+    assert data["dynamic_pairs"] and data["dynamic_masking"]  # new pairs imply new masks
     main(["pretrain", "--resume", str(run), "--no-progress"])
     assert len(built) == 4 and "MLM loss" in capsys.readouterr().out
     train_sets, valid_sets = built[0::2], built[1::2]
-    assert all(ds.pair_task == "sop" and ds.masking == "span" for ds in train_sets)
+    assert all(ds.pair_task == "sop" and ds.masking == "span" and ds.dynamic_pairs
+               for ds in train_sets)
+    assert not any(ds.dynamic_pairs for ds in valid_sets)  # fixed validation pairs
     # Validation keeps token masks so MLM losses compare across strategies; same pair task.
     assert all(ds.pair_task == "sop" and ds.masking == "token" for ds in valid_sets)
     main(["pretrain", "--run-dir", str(tmp_path / "plain"), *SMALL])
     assert (built[-2].pair_task, built[-2].masking) == ("nsp", "token")  # the defaults
+    assert not built[-2].dynamic_pairs
+    capsys.readouterr()
+    with pytest.raises(SystemExit):  # a usage error: exit status 2, one line on stderr
+        main(["pretrain", "--dynamic-pairs", "--no-dynamic-masking", *SMALL])
+    assert capsys.readouterr().err == ("error: --dynamic-pairs needs new masks every epoch: "
+                                       "drop --no-dynamic-masking\n")
+    with pytest.raises(SystemExit, match="--dynamic-pairs False \\(the run has True\\)"):
+        main(["pretrain", "--resume", str(run), "--no-dynamic-pairs"])
     with pytest.raises(SystemExit):
         main(["pretrain", "--masking", "words", *SMALL])

@@ -92,3 +92,19 @@ def test_the_shipped_wikitext2_model():
         assert figure in readme, figure
     history = [json.loads(line) for line in (WT2 / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in history if "eval" not in r] == list(range(1, result["training_steps"] + 1))
+
+
+def test_the_dynamic_pairs_comparison_matches_the_shipped_run():
+    """data/results/wikitext2_dynamic_pairs.json (benchmarks/dynamic_pairs.py): its "fixed
+    pairs" curve is the shipped run's, both curves are measured at the same steps, and the
+    figures the READMEs quote are in it."""
+    result = json.loads((ROOT / "data" / "results" / "wikitext2_dynamic_pairs.json").read_text())
+    history = [json.loads(line) for line in (WT2 / "metrics.jsonl").read_text().splitlines()]
+    shipped = [(r["step"], r["eval"]["nsp_acc"]) for r in history if "eval" in r]
+    fixed, new = result["fixed_pairs"], result["new_pairs"]
+    assert [(p["step"], p["nsp_acc"]) for p in fixed["curve"]] == shipped
+    assert [p["step"] for p in new["curve"]] == [p["step"] for p in fixed["curve"]]
+    assert new["steps"] == fixed["steps"]
+    text = (ROOT / "README.md").read_text() + (WT2 / "README.md").read_text()
+    for figure in (f"{new['curve'][-1]['nsp_acc']:.3f}", f"{new['curve'][-1]['perplexity']:.1f}"):
+        assert figure in text, figure
