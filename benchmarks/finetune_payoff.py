@@ -4,6 +4,7 @@
         [--seeds 0 1 2] [--folds 3] [--steps 150] [--max-len 128]
         [--adapted-run runs/adapt] [--tinywiki-run runs/tinywiki-only]
         [--pair-runs runs/pair-nsp runs/pair-sop] [--out data/results/finetune_payoff.json]
+        [--rows random "tinywiki only" WikiText-2 "WikiText-2 + adaptation"]
 
 Every classifier has the shape of the shipped WikiText-2 model (d2l sizes, its 20,066-word
 vocabulary) and the same fine-tuning recipe, so the rows differ only in where the encoder's
@@ -32,12 +33,15 @@ Parts:
   pair_tasks  two WikiText-2 runs that differ only in --pair-task: each one's NSP and SOP
               validation accuracy, and its fine-tuning accuracy (needs ../shared/data)
 Prints each result as it comes and writes them all, with this command, to --out (notebook 11
-reads the shipped one); a part not run keeps its entry from an existing file. Parts can run
-side by side in separate processes (`--threads 1` each); the stage-2 models are shared through
---cache.
+reads the shipped one); a part not run keeps its entry from an existing file, and so does a row
+not named in --rows (after a new data/pretrained/wikitext2-bert, `--rows WikiText-2 "WikiText-2 +
+adaptation"` measures again only what depends on it). Parts can run side by side in separate
+processes (`--threads 1` each); the stage-2 models are shared through --cache, where an adapted
+model's file name carries a digest of the WikiText-2 weights it started from.
 """
 import argparse
 import copy
+import hashlib
 import json
 import statistics
 import sys
@@ -149,12 +153,13 @@ def encoder(row, task, wt2, seed, fold, cache: Path):
         return BERTModel(wt2.config)
     if row == "WikiText-2":
         return copy.deepcopy(wt2)
-    path = cache / f"{row.replace(' ', '_')}-fold{fold}.pt"
+    adapting = row.startswith("WikiText-2 + adaptation")
+    start_tag = f"-from-{wt2_digest()}" if adapting else ""  # a new stage 1 is a new stage 2
+    path = cache / f"{row.replace(' ', '_')}-fold{fold}{start_tag}.pt"
     net = BERTModel(wt2.config)
     if path.exists():
         net.load_state_dict(torch.load(path))
         return net
-    adapting = row.startswith("WikiText-2 + adaptation")
     start = wt2 if adapting else encoder("random", task, wt2, 0, fold, cache)
     t = time.time()
     net = stage2(start, task.text_outside(fold), task.vocab, *{**STAGE2, **ADAPTATIONS}[row], seed=0)
@@ -162,6 +167,26 @@ def encoder(row, task, wt2, seed, fold, cache: Path):
     torch.save(net.state_dict(), path)
     print(f"  stage 2 for {row}, fold {fold}: {time.time() - t:.0f} s", flush=True)
     return net
+
+
+def wt2_digest() -> str:
+    """The first 12 hex digits of the shipped WikiText-2 weights' SHA-256."""
+    return hashlib.sha256((WT2 / "model.safetensors").read_bytes()).hexdigest()[:12]
+
+
+def kept(args, part: str, row: str, key=None):
+    """A row not named in --rows: its stored entry from --out (None if the row is to be run)."""
+    base = "WikiText-2 + adaptation" if row.startswith("WikiText-2 + adaptation") else row
+    if base in args.rows:
+        return None
+    stored = json.loads(args.out.read_text()) if args.out.exists() else {}
+    entry = stored.get(part, {})
+    for k in key or [row]:
+        entry = entry.get(k) if isinstance(entry, dict) else None
+    if entry is None:
+        raise SystemExit(f"--rows leaves out {row!r}, but {args.out} has no {part} entry for it: "
+                         f"add it to --rows")
+    return entry
 
 
 def bow_correct(task, train_index, fold) -> int:
@@ -177,6 +202,10 @@ def part_table(task, wt2, args, cache) -> dict:
     print(f"{'bag-of-words':32s} {rows['bag-of-words']['mean']:.3f}", flush=True)
     for recipe in RECIPES:
         for row in ROWS:
+            if (old := kept(args, "table", row, [f"{row}, {recipe}"])) is not None:
+                rows[f"{row}, {recipe}"] = old
+                print(f"{row + ', ' + recipe:32s} {old['mean']:.3f} (kept from {args.out.name})")
+                continue
             accs = []
             for seed in args.seeds:
                 correct = sum(fine_tune_correct(encoder(row, task, wt2, seed, f, cache), task,
@@ -198,6 +227,10 @@ def part_few_labels(task, wt2, args, cache) -> dict:
     for k in FEW:  # "all" is the table's plain rows
         name = str(k)
         for row in ("bag-of-words", "random", "WikiText-2", "WikiText-2 + adaptation"):
+            if row != "bag-of-words" and (old := kept(args, "few_labels", row,
+                                                       ["curves", row, name])) is not None:
+                curves.setdefault(row, {})[name] = old
+                continue
             accs = []
             for seed in args.seeds:
                 correct = 0
@@ -237,6 +270,9 @@ def part_sweep(task, wt2, args, cache) -> dict:
             tasks[max_len] = Task(task.vocab, max_len, args.folds)
         t, seed = tasks[max_len], args.seeds[0]
         for row in ("random", "WikiText-2 + adaptation"):
+            if (old := kept(args, "sweep", row, ["rows", name, row])) is not None:
+                out.setdefault(name, {})[row] = old
+                continue
             correct = sum(fine_tune_correct(encoder(row, t, wt2, seed, f, cache), t, t.train_index(f), f,
                                             "plain", seed, change.get("steps", args.steps),
                                             change.get("lr"), change.get("pooling", "mean"))
@@ -252,6 +288,9 @@ def part_probe(task, wt2, args, cache) -> dict:
     out = {}
     a = task.data.arrays
     for row in (*ROWS, *ADAPTATIONS):
+        if (old := kept(args, "probe", row)) is not None:
+            out[row] = old
+            continue
         correct = 0
         for f in range(args.folds):
             net = encoder(row, task, wt2, args.seeds[0], f, cache)
@@ -334,6 +373,8 @@ def main():
     parser.add_argument("--cache", type=Path, default=ROOT / "runs/payoff-stage2",
                         help="where the stage-2 models of each fold are kept")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=ROWS,
+                        help="encoders to measure again; the others keep their entries from --out")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     wt2, vocab = load_pretrained(WT2)
