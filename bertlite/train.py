@@ -344,7 +344,7 @@ def train_bert(net: BERTModel, train_data, cfg: TrainConfig, val_data=None, run_
         while step < cfg.steps:
             epoch, skip = divmod(step, len(loader))
             sampler.set_epoch(epoch)
-            train_data.set_epoch(epoch)  # new masks with dynamic masking
+            train_data.set_epoch(epoch)  # new masks (and pairs) when they are dynamic
             batches = iter(loader)
             for _ in range(skip):  # resuming mid-epoch: pass over the batches already trained on
                 next(batches)
