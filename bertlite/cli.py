@@ -152,6 +152,13 @@ def _resume_config(args):
     saved = read_json(run_dir / "config.json", ("data", "model", "train"))
     model_cfg = BERTConfig.from_file(run_dir / "config.json", "model")
     data = saved["data"]
+    for key in ("dynamic_masking", "dynamic_pairs"):  # a typo here would train silently wrong
+        if not isinstance(data.get(key, False), bool):
+            raise ValueError(f"{run_dir}/config.json: data.{key} is {data[key]!r}, not true or "
+                             "false: not a bertlite run, or edited")
+    if data.get("dynamic_pairs") and not data.get("dynamic_masking"):
+        raise ValueError(f"{run_dir}/config.json: dynamic_pairs without dynamic_masking: not a "
+                         "bertlite run, or edited")
     given = {name: getattr(args, name) for name in DATA_FLAGS if getattr(args, name) is not None}
     # The model's fields first: its vocab_size must not hide the data's --vocab-size.
     was = {k: v for k, v in model_cfg.to_dict().items() if k != "vocab_size"}

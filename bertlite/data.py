@@ -200,7 +200,8 @@ def dynamic_next_sentence_pairs(corpus: Corpus, max_len: int, rng: np.random.Gen
     the same number at every draw, because the trainer counts its steps in epochs of one length.
 
     One pair for each sentence whose true successor fits beside it in `max_len`. Half keep that
-    successor (label 1); half get a random sentence instead (label 0), drawn uniformly from the
+    successor (label 1); half get a random sentence instead (label 0, even when the draw hits the
+    true successor or the sentence itself, rare but for tiny corpora), drawn uniformly from the
     sentences short enough to fit, so no pair is dropped. Unlike `next_sentence_pairs` the random
     sentence is uniform over sentences, not over paragraphs first.
     """
@@ -270,9 +271,14 @@ class PretrainDataset(torch.utils.data.Dataset):
         self.pair_task, self.masking, self.mask_options = pair_task, masking, mask_options
         self.set_epoch(0)
         if len(self) == 0:
-            shortest = int(np.sort(corpus.lengths)[:2].sum()) + 3
-            raise ValueError(f"max_len={max_len} leaves no sentence pair; raise it (the two "
-                             f"shortest sentences need {shortest}, a typical pair about "
+            successive = corpus.paragraph[:-1] == corpus.paragraph[1:]  # sentence s has a successor
+            if not successive.any():
+                raise ValueError("no paragraph has two sentences: a sentence pair needs a sentence "
+                                 "and its successor")
+            shortest = int((corpus.lengths[:-1] + corpus.lengths[1:])[successive].min()) + 3
+            raise ValueError(f"max_len={max_len} leaves no sentence pair; raise it to at least "
+                             f"{shortest} (the shortest sentence and its successor, with <cls> and "
+                             f"two <sep>; a typical pair needs about "
                              f"{int(2 * np.median(corpus.lengths)) + 3})")
 
     @classmethod

@@ -228,3 +228,8 @@ def test_dynamic_pairs_draw_new_pairs_each_epoch_reproducibly():
     assert not torch.equal(sop.arrays["nsp_labels"], labels)
     with pytest.raises(ValueError, match="needs dynamic_masking=True"):
         bertlite.load_pretrain_dataset(64, dynamic_pairs=True)
+    with pytest.raises(ValueError, match="raise it to at least 27"):  # the shortest A and its B
+        bertlite.load_pretrain_dataset(20, dynamic_masking=True, dynamic_pairs=True)
+    with pytest.raises(ValueError, match="no paragraph has two sentences"):
+        PretrainDataset.from_paragraphs([[["a"]], [["b"]]], max_len=8, min_freq=1,
+                                        dynamic_masking=True, dynamic_pairs=True)

@@ -219,6 +219,13 @@ CASES = [
                                                        .read_text().replace('"dropout": 0.2',
                                                                             '"dropout": 1.5'))(t),
      True, 1, "config.json"),
+    ("config.json dynamic_pairs not a boolean", lambda t: edit("config.json", (t / "run/config.json")
+                                                               .read_text().replace('"dynamic_pairs": false',
+                                                                                    '"dynamic_pairs": "no"'))(t),
+     True, 1, "config.json"),
+    ("config.json new pairs with static masks", lambda t: edit("config.json", (t / "run/config.json")
+     .read_text().replace('"dynamic_pairs": false', '"dynamic_pairs": true')
+     .replace('"dynamic_masking": true', '"dynamic_masking": false'))(t), True, 1, "config.json"),
     ("vocab.txt without <mask>", vocab_edit(lambda lines: [x for x in lines if x != "<mask>"]),
      True, 1, "vocab.txt"),
     ("vocab.txt with a line deleted", vocab_edit(lambda lines: lines[:10] + lines[11:]), True, 1,
@@ -235,6 +242,7 @@ CASES = [
     ("resume with another dataset", resume("--dataset", "wikitext-2"), True, 1, "--dataset"),
     ("resume with another masking", resume("--masking", "span"), True, 1, "--masking"),
     ("resume with another seed", resume("--seed", "5"), True, 1, "--seed"),
+    ("resume with new pairs added", resume("--dynamic-pairs"), True, 1, "--dynamic-pairs"),
     ("resume with fewer steps", resume("--steps", "1"), True, 2, "--steps"),
     ("resume with a bad flag", resume("--lr", "-1"), True, 2, "--lr"),
 ]
