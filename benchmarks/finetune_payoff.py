@@ -41,6 +41,7 @@ model's file name carries a digest of the WikiText-2 weights it started from.
 """
 import argparse
 import copy
+import functools
 import hashlib
 import json
 import statistics
@@ -169,6 +170,7 @@ def encoder(row, task, wt2, seed, fold, cache: Path):
     return net
 
 
+@functools.cache  # one read of the weights per process, not one per fold and seed
 def wt2_digest() -> str:
     """The first 12 hex digits of the shipped WikiText-2 weights' SHA-256."""
     return hashlib.sha256((WT2 / "model.safetensors").read_bytes()).hexdigest()[:12]

@@ -269,6 +269,7 @@ class PretrainDataset(torch.utils.data.Dataset):
         self.vocab, self.max_len, self.seed, self.dynamic = vocab, max_len, seed, dynamic_masking
         self.corpus, self.dynamic_pairs = corpus, dynamic_pairs
         self.pair_task, self.masking, self.mask_options = pair_task, masking, mask_options
+        self.epoch = None  # the epoch whose pairs and masks the arrays hold
         self.set_epoch(0)
         if len(self) == 0:
             successive = corpus.paragraph[:-1] == corpus.paragraph[1:]  # sentence s has a successor
@@ -290,9 +291,9 @@ class PretrainDataset(torch.utils.data.Dataset):
 
     def set_epoch(self, epoch: int) -> None:
         """Draw the pairs (once, or every epoch) and masks (once, or every epoch) of this epoch."""
-        if not self.dynamic and hasattr(self, "arrays"):
-            return  # static masks were drawn once, in __init__
-        if self.dynamic_pairs or not hasattr(self, "tokens"):
+        if epoch == self.epoch or (self.epoch is not None and not self.dynamic):
+            return  # drawn already (the trainer asks for epoch 0 again); static: drawn in __init__
+        if self.dynamic_pairs or self.epoch is None:
             draw = (DYNAMIC_PAIR_TASKS if self.dynamic_pairs else PAIR_TASKS)[self.pair_task]
             seed = [self.seed, 0, epoch] if self.dynamic_pairs else [self.seed, 0]
             pairs = draw(self.corpus, self.max_len, np.random.default_rng(seed))
@@ -306,6 +307,7 @@ class PretrainDataset(torch.utils.data.Dataset):
         arrays = {**masked, "segments": self.segments, "valid_lens": self.valid_lens,
                   "nsp_labels": self.nsp_labels}
         self.arrays = {k: torch.from_numpy(np.ascontiguousarray(arrays[k])) for k in BATCH_KEYS}
+        self.epoch = epoch
 
     def __len__(self):
         return len(self.nsp_labels)
