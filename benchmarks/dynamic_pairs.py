@@ -1,10 +1,11 @@
 """Fixed sentence pairs against new pairs every epoch, on WikiText-2: the validation curves.
 
-    python benchmarks/dynamic_pairs.py RUN_DIR [--json data/results/wikitext2_dynamic_pairs.json]
+    python benchmarks/dynamic_pairs.py FIXED_RUN NEW_RUN [--json data/results/wikitext2_dynamic_pairs.json]
 
-RUN_DIR is a run of the shipped model's command with `--dynamic-pairs` added (the command is in
-data/pretrained/wikitext2-bert/README.md). Reads its metrics.jsonl and the shipped run's, and
-writes both validation curves (perplexity, MLM accuracy, NSP loss and accuracy every 500 steps,
+NEW_RUN is the shipped model's run (its command is in data/pretrained/wikitext2-bert/README.md);
+FIXED_RUN is the same command without `--dynamic-pairs`, so its pairs are drawn once (the model
+shipped before this one). Reads both runs' config.json and metrics.jsonl, and writes both
+validation curves (perplexity, MLM accuracy, NSP loss and accuracy every 500 steps,
 fixed validation masks and pairs), the mean training NSP accuracy of the last 250 steps (how
 well each model knows its own training pairs) and the minutes of training steps. Prints a table.
 Notebook 06 reads the JSON. No training happens here: it takes a second.
@@ -14,7 +15,6 @@ import json
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SHIPPED = ROOT / "data" / "pretrained" / "wikitext2-bert"
 
 
 def summary(metrics_file: Path) -> dict:
@@ -31,16 +31,19 @@ def summary(metrics_file: Path) -> dict:
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("fixed_run", type=Path, help="a run without --dynamic-pairs")
+    parser.add_argument("new_run", type=Path, help="the same command with --dynamic-pairs")
     parser.add_argument("--json", type=Path, default=ROOT / "data" / "results" /
                         "wikitext2_dynamic_pairs.json")
     args = parser.parse_args()
-    config = json.loads((args.run_dir / "config.json").read_text())
-    if not config["data"].get("dynamic_pairs"):
-        raise SystemExit(f"{args.run_dir} was not trained with --dynamic-pairs")
-    out = {"command": f"python benchmarks/dynamic_pairs.py {args.run_dir}",
-           "fixed_pairs": summary(SHIPPED / "metrics.jsonl"),
-           "new_pairs": summary(args.run_dir / "metrics.jsonl")}
+    for run, wanted in ((args.fixed_run, False), (args.new_run, True)):
+        config = json.loads((run / "config.json").read_text())
+        if bool(config["data"].get("dynamic_pairs")) != wanted:
+            raise SystemExit(f"{run} was {'not ' if wanted else ''}trained with --dynamic-pairs: "
+                             f"give the run without it first, then the run with it")
+    out = {"command": f"python benchmarks/dynamic_pairs.py {args.fixed_run} {args.new_run}",
+           "fixed_pairs": summary(args.fixed_run / "metrics.jsonl"),
+           "new_pairs": summary(args.new_run / "metrics.jsonl")}
     for name in ("fixed_pairs", "new_pairs"):
         r = out[name]
         print(f"{name}: {r['steps']} steps, {r['training_minutes']} min of steps, training NSP "

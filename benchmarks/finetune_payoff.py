@@ -44,6 +44,7 @@ import copy
 import functools
 import hashlib
 import json
+import shlex
 import statistics
 import sys
 import time
@@ -382,7 +383,7 @@ def main():
     wt2, vocab = load_pretrained(WT2)
     wt2 = wt2.float()  # shipped in fp16
     task = Task(vocab, args.max_len, args.folds)
-    result = dict(command="python benchmarks/finetune_payoff.py " + " ".join(sys.argv[1:]),
+    result = dict(command=shlex.join(["python", "benchmarks/finetune_payoff.py", *sys.argv[1:]]),
                   paragraphs=len(task.data), folds=args.folds, seeds=args.seeds,
                   fine_tuning={"steps": args.steps, "batch_size": 32, "max_len": args.max_len,
                                "pooling": "mean", "rates": {r: lr for r, (lr, _) in RECIPES.items()}},

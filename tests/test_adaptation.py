@@ -108,3 +108,18 @@ def test_the_shipped_payoff_results_hold_what_notebook_11_reads():
     assert few["per_class"] == [2, 5, 10, 20]
     assert all(len(curve) == 4 for curve in few["curves"].values())
     assert set(results["pair_tasks"]) == {"nsp", "sop"}
+
+
+def test_the_readme_quotes_the_payoff_results():
+    """The README's domain-adaptation table and perplexities are the JSON's figures, so a new
+    measurement cannot leave old numbers in the prose."""
+    results = json.loads((ROOT / "data/results/finetune_payoff.json").read_text())
+    readme = (ROOT / "README.md").read_text()
+    for start in ("random", "tinywiki only", "WikiText-2", "WikiText-2 + adaptation"):
+        for recipe in ("plain", "ULMFiT"):
+            row = results["table"][f"{start}, {recipe}"]
+            assert f"{row['mean']:.3f} ± {row['sd']:.3f}" in readme, (start, recipe)
+        assert f"{results['probe'][start]:.3f}" in readme, start
+    ppl = results["perplexity"]
+    for name in ("WikiText-2 (before adaptation)", "WikiText-2 + adaptation", "tinywiki only", "unigram"):
+        assert f"{ppl[name]['perplexity']:.1f}" in readme, name
