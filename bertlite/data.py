@@ -18,7 +18,7 @@ import torch
 from .masking import MASKING, find_word_starts, mask, mask_tokens  # noqa: F401 (re-exported)
 from .masking import maskable_positions, prediction_budget, replace_predicted  # noqa: F401
 from .masking import token_id
-from .vocab import SPECIAL_TOKENS, Vocab
+from .vocab import Vocab, is_word_vocab_file
 from .wikitext import SHIPPED, read_text
 
 BATCH_KEYS = ("tokens", "segments", "valid_lens", "pred_positions", "mlm_weights", "mlm_labels",
@@ -326,10 +326,9 @@ TOKENIZERS = ("word", "wordpiece")
 
 def _word_vocab_file(path) -> Vocab:
     """A word vocabulary written by `Vocab.save` (a run's or a saved model's vocab.txt)."""
-    from .checks import read_utf8
     if not Path(path).is_file():
         raise FileNotFoundError(f"--vocab-file {path}: no such file")
-    if read_utf8(path, "vocabulary").split("\n", 1)[0] != SPECIAL_TOKENS[0]:
+    if not is_word_vocab_file(path):
         raise ValueError(f"--vocab-file {path} is not a bertlite word vocabulary (its first line "
                          "is not <pad>); for a BERT vocab.txt add --tokenizer wordpiece")
     return Vocab.load(path)

@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from .checks import (check_choice, check_range, check_types, load_safetensors, load_torch,
-                     read_utf8, write_atomic)
+                     write_atomic)
 from .loss import fused_mlm_loss, nsp_accuracy, nsp_loss, pretrain_loss
 from .model import BERTConfig, BERTModel, evaluating
 from .rundir import Interrupted, stopping_on_signals
@@ -202,9 +202,9 @@ def load_vocab(path, size: int | None = None):
     """The vocabulary in a run's or a saved model's vocab.txt: the word-level `Vocab` when it
     begins with `<pad>` (as `Vocab.save` writes it), else WordPiece (BERT's vocab.txt begins with
     [PAD]). With `size` (the model's vocab_size) the file must have that many tokens."""
-    from .vocab import SPECIAL_TOKENS, Vocab
+    from .vocab import Vocab, is_word_vocab_file
     from .wordpiece import WordPieceTokenizer
-    if read_utf8(path, "vocabulary").split("\n", 1)[0] == SPECIAL_TOKENS[0]:
+    if is_word_vocab_file(path):
         return Vocab.load(path, size=size)
     vocab = WordPieceTokenizer.from_vocab_file(path)
     if size is not None and len(vocab) != size:

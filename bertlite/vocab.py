@@ -11,6 +11,13 @@ import numpy as np
 SPECIAL_TOKENS = ("<pad>", "<mask>", "<cls>", "<sep>", "<unk>")
 
 
+def is_word_vocab_file(path) -> bool:
+    """True for a word vocabulary written by `Vocab.save`: its first line is `<pad>`. (BERT's
+    WordPiece vocab.txt begins with `[PAD]`.)"""
+    from .checks import read_utf8
+    return read_utf8(path, "vocabulary").split("\n", 1)[0] == SPECIAL_TOKENS[0]
+
+
 class Vocab:
     """Map tokens to ids and back.
 

@@ -34,3 +34,11 @@ def test_save_load_round_trip(tmp_path):
 def test_bad_input():
     with pytest.raises(ValueError, match="min_freq"):
         Vocab(["a"], min_freq=0)
+
+
+def test_a_word_vocabulary_file_is_told_from_a_bert_vocab_txt(tmp_path):
+    from bertlite.vocab import is_word_vocab_file
+    ours, bert = tmp_path / "ours.txt", tmp_path / "bert.txt"
+    Vocab([["a", "b"]]).save(ours)
+    bert.write_text("[PAD]\n[unused0]\n[CLS]\n[SEP]\n[MASK]\n[UNK]\na\n")
+    assert is_word_vocab_file(ours) and not is_word_vocab_file(bert)
