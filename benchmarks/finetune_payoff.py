@@ -35,7 +35,8 @@ Parts:
 Prints each result as it comes and writes them all, with this command, to --out (notebook 11
 reads the shipped one); a part not run keeps its entry from an existing file, and so does a row
 not named in --rows (after a new data/pretrained/wikitext2-bert, `--rows WikiText-2 "WikiText-2 +
-adaptation"` measures again only what depends on it). Parts can run side by side in separate
+adaptation"` measures again only what depends on it; after a new finetune_real.json,
+`--parts table --rows` with no row copies its MiniLM rows and keeps the part's minutes). Parts can run side by side in separate
 processes (`--threads 1` each); the stage-2 models are shared through --cache, where an adapted
 model's file name carries a digest of the WikiText-2 weights it started from.
 """
@@ -376,8 +377,9 @@ def main():
     parser.add_argument("--cache", type=Path, default=ROOT / "runs/payoff-stage2",
                         help="where the stage-2 models of each fold are kept")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=ROWS,
-                        help="encoders to measure again; the others keep their entries from --out")
+    parser.add_argument("--rows", nargs="*", default=list(ROWS), choices=ROWS,
+                        help="encoders to measure again; the others keep their entries from --out "
+                             "(none: only bag-of-words and the copied MiniLM rows are redone)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     wt2, vocab = load_pretrained(WT2)
@@ -408,7 +410,8 @@ def main():
         # After every part; other parts may be running in other processes: keep what they wrote.
         latest = json.loads(args.out.read_text()) if args.out.exists() else {}
         latest.update({k: v for k, v in result.items() if k not in PARTS or k == part})
-        latest.setdefault("minutes", {})[part] = round((time.time() - t) / 60, 1)
+        if args.rows or part not in latest.get("minutes", {}):  # the time of a measurement
+            latest.setdefault("minutes", {})[part] = round((time.time() - t) / 60, 1)
         latest.setdefault("commands", {})[part] = result["command"]
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(latest, indent=1) + "\n")

@@ -123,3 +123,18 @@ def test_the_readme_quotes_the_payoff_results():
     ppl = results["perplexity"]
     for name in ("WikiText-2 (before adaptation)", "WikiText-2 + adaptation", "tinywiki only", "unigram"):
         assert f"{ppl[name]['perplexity']:.1f}" in readme, name
+
+
+def test_the_readme_quotes_the_fine_tuning_benchmarks():
+    """The README's figures from finetune_topics.json (notebook 9) and finetune_real.json
+    (notebook 10) are the stored ones."""
+    import statistics
+    readme = (ROOT / "README.md").read_text()
+    topics = json.loads((ROOT / "data/results/finetune_topics.json").read_text())
+    for r in topics["rows"]:
+        if r["pooling"] == "mean" and r["recipe"] == "plain":
+            figure = f"{statistics.mean(r['test']):.3f} ± {statistics.stdev(r['test']):.3f}"
+            assert figure in readme, (r["encoder"], figure)
+    real = json.loads((ROOT / "data/results/finetune_real.json").read_text())
+    for name, r in real["rows"].items():
+        assert f"{r['mean']:.3f} ± {r['sd']:.3f}" in readme, name
