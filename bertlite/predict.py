@@ -2,7 +2,8 @@
 
 `fill_mask` works like the Hugging Face fill-mask pipeline: write the tokenizer's mask, `<mask>`
 (a word-level `bertlite.vocab.Vocab`) or `[MASK]` (WordPiece), where a word is missing, and get the
-model's top-k guesses with their probabilities. `perplexity` turns the validation MLM loss into
+model's top-k guesses with their probabilities. `next_sentence_probability` asks the
+next-sentence head whether one text follows another. `perplexity` turns the validation MLM loss into
 "as unsure as a uniform choice among this many words".
 """
 from __future__ import annotations
@@ -25,6 +26,22 @@ def _tokenize(text: str, mask: str, tokenize) -> list[str]:
 def _detokenize(tokens: list[str]) -> str:
     """Words back to text; WordPiece `##` continuations join the piece before them."""
     return " ".join(tokens).replace(" ##", "")
+
+
+def _ids(model, tok, tokens: list[str]) -> list[int]:
+    """The ids of `tokens`, after checking that they fit the model: its max_len and vocabulary."""
+    config = model.config
+    if len(tokens) > config.max_len:
+        raise ValueError(f"the text is {len(tokens)} tokens with {tok.cls_token} and {tok.sep_token}, "
+                         f"more than the model's max_len={config.max_len}: shorten it")
+    ids = list(tok.convert_tokens_to_ids(tokens))
+    if len(tok) != config.vocab_size:
+        raise ValueError(f"the vocabulary has {len(tok)} tokens but the model "
+                         f"{config.vocab_size}: use the vocabulary the model was trained with")
+    if max(ids) >= config.vocab_size:
+        raise ValueError(f"token id {max(ids)} is outside the model's vocabulary of "
+                         f"{config.vocab_size}: use the tokenizer the model was trained with")
+    return ids
 
 
 def fill_mask(model, vocab_or_tokenizer, text: str, top_k: int = 5, text_pair: str | None = None):
@@ -50,18 +67,7 @@ def fill_mask(model, vocab_or_tokenizer, text: str, top_k: int = 5, text_pair: s
     if not positions:
         raise ValueError(f"no {mask} in the text: write {mask} (separated by spaces) where the "
                          f"model should fill in a word, e.g. 'the cat {mask} on the mat'")
-    config = model.config
-    if len(tokens) > config.max_len:
-        raise ValueError(f"the text is {len(tokens)} tokens with {cls} and {sep}, more than the "
-                         f"model's max_len={config.max_len}: shorten it")
-    ids = list(tok.convert_tokens_to_ids(tokens))
-    if len(tok) != config.vocab_size:
-        raise ValueError(f"the vocabulary has {len(vocab_or_tokenizer)} tokens but the model "
-                         f"{config.vocab_size}: use the vocabulary the model was trained with")
-    if max(ids) >= config.vocab_size:
-        raise ValueError(f"token id {max(ids)} is outside the model's vocabulary of "
-                         f"{config.vocab_size}: use the tokenizer the model was trained with")
-
+    ids = _ids(model, tok, tokens)
     device = next(model.parameters()).device
     with evaluating(model):  # dropout off: the same text always gives the same answer
         out = model(torch.tensor([ids], device=device),               # (1, T)
@@ -81,6 +87,22 @@ def fill_mask(model, vocab_or_tokenizer, text: str, top_k: int = 5, text_pair: s
             row.append({"score": score, "token": token_id, "token_str": token, "sequence": sequence})
         results.append(row)
     return results[0] if len(results) == 1 else results
+
+
+def next_sentence_probability(model, vocab_or_tokenizer, text_a: str, text_b: str) -> float:
+    """The probability the model's next-sentence head gives to "`text_b` follows `text_a`", read
+    from its pair input `<cls> a <sep> b <sep>`, in eval mode without gradients (like Hugging
+    Face's `BertForNextSentencePrediction`, whose label 0 is "is next"; bertlite's is 1).
+    Explained in notebooks/08_fill_mask.ipynb.
+    """
+    tok = vocab_or_tokenizer
+    tokens, segments = tokens_and_segments(list(tok.tokenize(text_a)), list(tok.tokenize(text_b)),
+                                           tok.cls_token, tok.sep_token)
+    ids = _ids(model, tok, tokens)
+    device = next(model.parameters()).device
+    with evaluating(model):
+        out = model(torch.tensor([ids], device=device), torch.tensor([segments], device=device))
+    return out.nsp_logits[0].float().softmax(dim=-1)[1].item()   # [not next, is next]
 
 
 def perplexity(model, dataset, batch_size: int = 256) -> float:

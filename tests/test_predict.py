@@ -212,3 +212,41 @@ def test_a_uniform_model_has_perplexity_equal_to_the_vocabulary_size(tiny):
         net.mlm.decoder.weight.zero_()
         net.mlm.decoder.bias.zero_()
     assert perplexity(net, tiny) == pytest.approx(len(tiny.vocab), rel=1e-4)
+
+
+def test_next_sentence_probability_reads_the_nsp_head(vocab):
+    from bertlite.data import tokens_and_segments
+    from bertlite.predict import next_sentence_probability
+    net = tiny_model(len(vocab), dropout=0.5).train()
+    with torch.no_grad():  # a head that is far from 50/50, so a swapped label would show
+        net.nsp.bias.copy_(torch.tensor([-1.0, 1.0]))
+    a, b = "the cranes flew over marsh .", "a river bank ."
+    p = next_sentence_probability(net, vocab, a, b)
+    assert net.training                                     # the mode is restored
+    tokens, segments = tokens_and_segments(a.split(), b.split())
+    with torch.no_grad():
+        logits = net.eval()(torch.tensor([vocab[tokens]]), torch.tensor([segments])).nsp_logits[0]
+    assert p == pytest.approx(logits.softmax(-1)[1].item()) and p > 0.5
+    with pytest.raises(ValueError, match="max_len=16: shorten it"):
+        next_sentence_probability(net, vocab, " ".join(["the"] * 10), " ".join(["a"] * 10))
+
+
+def test_next_sentence_probability_matches_hugging_face(tmp_path, transformers):
+    from bertlite.hf import load_hf_checkpoint
+    from bertlite.predict import next_sentence_probability
+    (tmp_path / "vocab.txt").write_text("\n".join(WORDPIECE) + "\n")
+    tok = transformers.BertTokenizer(str(tmp_path / "vocab.txt"))
+    torch.manual_seed(0)
+    hf = transformers.BertForPreTraining(transformers.BertConfig(
+        vocab_size=len(WORDPIECE), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=32, max_position_embeddings=16)).eval()
+    with torch.no_grad():
+        for p in hf.parameters():
+            p.add_(0.1 * torch.randn_like(p))   # every weight perturbed, the NSP head included
+    hf.save_pretrained(tmp_path / "model")
+    net, _ = load_hf_checkpoint(tmp_path / "model")
+    a, b = "the cat played.", "the mat."
+    enc = tok(a, b, return_tensors="pt")
+    with torch.no_grad():
+        ref = hf(**enc).seq_relationship_logits.softmax(-1)[0, 0].item()   # HF: label 0 is "next"
+    assert next_sentence_probability(net, tok, a, b) == pytest.approx(ref, abs=1e-5)
