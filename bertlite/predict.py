@@ -93,11 +93,25 @@ def next_sentence_probability(model, vocab_or_tokenizer, text_a: str, text_b: st
     """The probability the model's next-sentence head gives to "`text_b` follows `text_a`", read
     from its pair input `<cls> a <sep> b <sep>`, in eval mode without gradients (like Hugging
     Face's `BertForNextSentencePrediction`, whose label 0 is "is next"; bertlite's is 1).
+
+    For a model pre-trained with `--pair-task sop` it is the probability that the two are in
+    order. A checkpoint without a trained NSP head (a plain Hugging Face `BertModel`, such as
+    all-MiniLM-L6-v2) has a fresh one, and the answer means nothing. The model has only seen
+    pairs as long as those it was pre-trained on (64 tokens for the shipped models).
     Explained in notebooks/08_fill_mask.ipynb.
     """
     tok = vocab_or_tokenizer
-    tokens, segments = tokens_and_segments(list(tok.tokenize(text_a)), list(tok.tokenize(text_b)),
-                                           tok.cls_token, tok.sep_token)
+    pieces = []
+    for name, text in (("text_a", text_a), ("text_b", text_b)):
+        tokens = list(tok.tokenize(text))
+        if not tokens:
+            raise ValueError(f"{name} is empty: give two sentences")
+        special = [t for t in tokens if t in (tok.cls_token, tok.sep_token, tok.pad_token)]
+        if special:
+            raise ValueError(f"{name} contains {special[0]}: the function adds {tok.cls_token} and "
+                             f"{tok.sep_token} itself; give the plain sentences")
+        pieces.append(tokens)
+    tokens, segments = tokens_and_segments(*pieces, tok.cls_token, tok.sep_token)
     ids = _ids(model, tok, tokens)
     device = next(model.parameters()).device
     with evaluating(model):

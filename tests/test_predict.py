@@ -229,6 +229,10 @@ def test_next_sentence_probability_reads_the_nsp_head(vocab):
     assert p == pytest.approx(logits.softmax(-1)[1].item()) and p > 0.5
     with pytest.raises(ValueError, match="max_len=16: shorten it"):
         next_sentence_probability(net, vocab, " ".join(["the"] * 10), " ".join(["a"] * 10))
+    with pytest.raises(ValueError, match="text_b is empty"):
+        next_sentence_probability(net, vocab, a, "  ")
+    with pytest.raises(ValueError, match="text_a contains <sep>"):
+        next_sentence_probability(net, vocab, "the cranes <sep> flew", b)
 
 
 def test_next_sentence_probability_matches_hugging_face(tmp_path, transformers):
@@ -249,4 +253,8 @@ def test_next_sentence_probability_matches_hugging_face(tmp_path, transformers):
     enc = tok(a, b, return_tensors="pt")
     with torch.no_grad():
         ref = hf(**enc).seq_relationship_logits.softmax(-1)[0, 0].item()   # HF: label 0 is "next"
-    assert next_sentence_probability(net, tok, a, b) == pytest.approx(ref, abs=1e-5)
+    assert abs(ref - 0.5) > 0.02                  # far from 50/50, so a swapped label would show
+    from bertlite.wordpiece import WordPieceTokenizer
+    ours = WordPieceTokenizer.from_vocab_file(tmp_path / "vocab.txt")   # bertlite's own tokenizer too
+    for t in (tok, ours):
+        assert next_sentence_probability(net, t, a, b) == pytest.approx(ref, abs=1e-5)
