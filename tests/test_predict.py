@@ -178,16 +178,26 @@ def transformers():
     return module
 
 
-def test_same_answers_as_the_hugging_face_pipeline(tmp_path, transformers):
+def tiny_hf(tmp_path, transformers, model_class: str, perturb: float = 0.0):
+    """(BertTokenizer, a tiny Hugging Face `model_class`, the same weights loaded into bertlite)."""
     from bertlite.hf import load_hf_checkpoint
     (tmp_path / "vocab.txt").write_text("\n".join(WORDPIECE) + "\n")
     tok = transformers.BertTokenizer(str(tmp_path / "vocab.txt"))
     torch.manual_seed(0)
-    hf = transformers.BertForMaskedLM(transformers.BertConfig(
+    hf = getattr(transformers, model_class)(transformers.BertConfig(
         vocab_size=len(WORDPIECE), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
         intermediate_size=32, max_position_embeddings=16)).eval()
+    if perturb:
+        with torch.no_grad():
+            for p in hf.parameters():
+                p.add_(perturb * torch.randn_like(p))
     hf.save_pretrained(tmp_path / "model")
     net, _ = load_hf_checkpoint(tmp_path / "model")
+    return tok, hf, net
+
+
+def test_same_answers_as_the_hugging_face_pipeline(tmp_path, transformers):
+    tok, hf, net = tiny_hf(tmp_path, transformers, "BertForMaskedLM")
     pipe = transformers.pipeline("fill-mask", model=hf, tokenizer=tok)
     for text in ("the cat play[MASK] on the mat.", "the [MASK] played, the cat [MASK]."):
         ref, ours = pipe(text, top_k=5), fill_mask(net, tok, text, top_k=5)
@@ -236,19 +246,9 @@ def test_next_sentence_probability_reads_the_nsp_head(vocab):
 
 
 def test_next_sentence_probability_matches_hugging_face(tmp_path, transformers):
-    from bertlite.hf import load_hf_checkpoint
     from bertlite.predict import next_sentence_probability
-    (tmp_path / "vocab.txt").write_text("\n".join(WORDPIECE) + "\n")
-    tok = transformers.BertTokenizer(str(tmp_path / "vocab.txt"))
-    torch.manual_seed(0)
-    hf = transformers.BertForPreTraining(transformers.BertConfig(
-        vocab_size=len(WORDPIECE), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-        intermediate_size=32, max_position_embeddings=16)).eval()
-    with torch.no_grad():
-        for p in hf.parameters():
-            p.add_(0.1 * torch.randn_like(p))   # every weight perturbed, the NSP head included
-    hf.save_pretrained(tmp_path / "model")
-    net, _ = load_hf_checkpoint(tmp_path / "model")
+    # every weight perturbed, the NSP head included
+    tok, hf, net = tiny_hf(tmp_path, transformers, "BertForPreTraining", perturb=0.1)
     a, b = "the cat played.", "the mat."
     enc = tok(a, b, return_tensors="pt")
     with torch.no_grad():
