@@ -141,6 +141,10 @@ class Corpus:
         paragraph = np.cumsum(np.r_[True, line[starts[1:]] != line[starts[:-1]]]) - 1
         return cls(ids, piece_starts, lengths, paragraph)
 
+    def with_successor(self) -> np.ndarray:
+        """The sentences followed by another sentence of their paragraph: every pair's first."""
+        return np.flatnonzero(self.paragraph[:-1] == self.paragraph[1:])
+
     def paragraphs(self, vocab: Vocab) -> list[list[list[str]]]:
         """Back to paragraphs of sentences of tokens (for reading, and for the tests)."""
         out = []
@@ -170,7 +174,7 @@ def next_sentence_pairs(corpus: Corpus, max_len: int, rng: np.random.Generator) 
     sentence could be told apart from a random one by its length alone.
     Explained in notebooks/02_tokens_segments_nsp.ipynb.
     """
-    a = np.flatnonzero(corpus.paragraph[:-1] == corpus.paragraph[1:])  # sentence a has a successor
+    a = corpus.with_successor()
     is_next = rng.random(len(a)) < 0.5
     first = np.flatnonzero(np.r_[True, corpus.paragraph[1:] != corpus.paragraph[:-1]])  # (P,)
     size = np.diff(np.r_[first, len(corpus.paragraph)])
@@ -188,7 +192,7 @@ def sentence_order_pairs(corpus: Corpus, max_len: int, rng: np.random.Generator)
     comes from another article); only the order can. Same length rule as `next_sentence_pairs`.
     Explained in notebooks/07_masking_strategies.ipynb.
     """
-    a = np.flatnonzero(corpus.paragraph[:-1] == corpus.paragraph[1:])  # sentence a has a successor
+    a = corpus.with_successor()
     in_order = rng.random(len(a)) < 0.5
     keep = corpus.lengths[a] + corpus.lengths[a + 1] + 3 <= max_len
     first, second = np.where(in_order, a, a + 1), np.where(in_order, a + 1, a)
@@ -205,8 +209,8 @@ def dynamic_next_sentence_pairs(corpus: Corpus, max_len: int, rng: np.random.Gen
     sentences short enough to fit, so no pair is dropped. Unlike `next_sentence_pairs` the random
     sentence is uniform over sentences, not over paragraphs first.
     """
-    fits = corpus.lengths[:-1] + corpus.lengths[1:] + 3 <= max_len
-    a = np.flatnonzero((corpus.paragraph[:-1] == corpus.paragraph[1:]) & fits)
+    a = corpus.with_successor()
+    a = a[corpus.lengths[a] + corpus.lengths[a + 1] + 3 <= max_len]         # the pair fits
     is_next = rng.random(len(a)) < 0.5
     by_length = np.argsort(corpus.lengths, kind="stable")
     # How many sentences fit beside each a: the first `room` of them in order of length (>= 1,
@@ -272,11 +276,11 @@ class PretrainDataset(torch.utils.data.Dataset):
         self.epoch = None  # the epoch whose pairs and masks the arrays hold
         self.set_epoch(0)
         if len(self) == 0:
-            successive = corpus.paragraph[:-1] == corpus.paragraph[1:]  # sentence s has a successor
-            if not successive.any():
+            a = corpus.with_successor()
+            if len(a) == 0:
                 raise ValueError("no paragraph has two sentences: a sentence pair needs a sentence "
                                  "and its successor")
-            shortest = int((corpus.lengths[:-1] + corpus.lengths[1:])[successive].min()) + 3
+            shortest = int((corpus.lengths[a] + corpus.lengths[a + 1]).min()) + 3
             raise ValueError(f"max_len={max_len} leaves no sentence pair; raise it to at least "
                              f"{shortest} (the shortest sentence and its successor, with <cls> and "
                              f"two <sep>; a typical pair needs about "
