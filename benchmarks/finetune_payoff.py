@@ -84,6 +84,7 @@ RECIPES = {"plain": (1e-3, FinetuneConfig()),
            "ULMFiT": (1e-2, FinetuneConfig(discriminative=True, slanted=True, gradual_unfreezing=True))}
 FEW = (2, 5, 10, 20)
 PARTS = ("perplexity", "table", "probe", "few_labels", "sweep", "pair_tasks")
+ROW_PARTS = ("table", "probe", "few_labels", "sweep")  # the parts that keep rows not in --rows
 
 
 def mean_sd(xs) -> dict:
@@ -410,7 +411,8 @@ def main():
         # After every part; other parts may be running in other processes: keep what they wrote.
         latest = json.loads(args.out.read_text()) if args.out.exists() else {}
         latest.update({k: v for k, v in result.items() if k not in PARTS or k == part})
-        if args.rows or part not in latest.get("minutes", {}):  # the time of a measurement
+        # A part's minutes time its measured rows: with --rows and no row, the stored ones stay
+        if args.rows or part not in ROW_PARTS or part not in latest.get("minutes", {}):
             latest.setdefault("minutes", {})[part] = round((time.time() - t) / 60, 1)
         latest.setdefault("commands", {})[part] = result["command"]
         args.out.parent.mkdir(parents=True, exist_ok=True)
