@@ -66,6 +66,9 @@ def main():
         raise SystemExit("needs ../shared/data/wikitext-2 (or run `python -m bertlite download`)")
 
     run_config = json.loads((args.run_dir / "config.json").read_text())
+    # Where WikiText-2 lay on the training machine is no part of the recipe (any checksum-verified
+    # copy is the same data), and a path of this machine does not belong in a shipped file.
+    run_config["data"]["data_dir"] = None
     history = [json.loads(line) for line in (args.run_dir / "metrics.jsonl").read_text().splitlines()]
     net = model_from_checkpoint(args.run_dir / "checkpoint.pt")
     vocab = load_vocab(args.run_dir / "vocab.txt", size=net.config.vocab_size)
