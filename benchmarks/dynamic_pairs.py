@@ -37,6 +37,9 @@ def main():
                         "wikitext2_dynamic_pairs.json")
     args = parser.parse_args()
     for run, wanted in ((args.fixed_run, False), (args.new_run, True)):
+        missing = [f for f in ("config.json", "metrics.jsonl") if not (run / f).is_file()]
+        if missing:
+            raise SystemExit(f"{run} has no {' or '.join(missing)}: give a pre-training run folder")
         config = json.loads((run / "config.json").read_text())
         if bool(config["data"].get("dynamic_pairs")) != wanted:
             raise SystemExit(f"{run} was {'not ' if wanted else ''}trained with --dynamic-pairs: "

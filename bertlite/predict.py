@@ -103,6 +103,8 @@ def next_sentence_probability(model, vocab_or_tokenizer, text_a: str, text_b: st
     tok = vocab_or_tokenizer
     pieces = []
     for name, text in (("text_a", text_a), ("text_b", text_b)):
+        if not isinstance(text, str):
+            raise TypeError(f"{name} must be a sentence (a str), not {type(text).__name__}")
         tokens = list(tok.tokenize(text))
         if not tokens:
             raise ValueError(f"{name} is empty: give two sentences")

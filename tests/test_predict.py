@@ -243,6 +243,8 @@ def test_next_sentence_probability_reads_the_nsp_head(vocab):
         next_sentence_probability(net, vocab, a, "  ")
     with pytest.raises(ValueError, match="text_a contains <sep>"):
         next_sentence_probability(net, vocab, "the cranes <sep> flew", b)
+    with pytest.raises(TypeError, match="text_b must be a sentence"):
+        next_sentence_probability(net, vocab, a, None)
 
 
 def test_next_sentence_probability_matches_hugging_face(tmp_path, transformers):
