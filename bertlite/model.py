@@ -38,6 +38,7 @@ class BERTConfig:
     norm_eps: float = 1e-5        # PyTorch's default; BERT checkpoints use 1e-12
     init_std: float | None = None  # None: PyTorch's default init (the book); BERT: normal(0, 0.02)
     fused_attention: bool = True  # F.scaled_dot_product_attention; False: the from-scratch path
+    skip_padding: bool = True     # the encoder computes on real tokens only; False: on every position, as the book
 
     def __post_init__(self):  # a wrong value fails here, not as an IndexError deep inside
         check_types(self)
@@ -94,10 +95,16 @@ class Dropout(nn.Module):
         super().__init__()
         self.p = p
 
-    def forward(self, x):
+    def forward(self, x, real: RealTokens | None = None):
+        """x of any shape; or the (N, H) rows of the real tokens of a padded batch, with `real`
+        saying where they sit: then the mask is drawn for the whole (B, T, H) grid and its real
+        rows are used, so skipping the padding leaves every random number where it was."""
         if not self.training or self.p == 0:
             return x
-        return x * keep_mask(x.shape, self.p, x.dtype, x.device)
+        if real is None:
+            return x * keep_mask(x.shape, self.p, x.dtype, x.device)
+        grid = keep_mask((real.B, real.T, x.shape[-1]), self.p, x.dtype, x.device)
+        return x * real.rows(grid)
 
 
 def keep_mask(shape, p: float, dtype=torch.float32, device=None) -> torch.Tensor:
@@ -131,6 +138,34 @@ def key_padding_mask(valid_lens, T: int):
     return (torch.arange(T, device=valid_lens.device) < valid_lens[:, None])[:, None, None, :]
 
 
+class RealTokens(NamedTuple):
+    """Where the real tokens of a padded (B, T) batch sit. Only attention needs the (B, T) grid:
+    every other layer works token by token, so the encoder can carry just the N real tokens as
+    (N, H) rows and skip the padding (a quarter of WikiText-2's 64-position rows). The real tokens
+    get the same numbers either way, dropout included; padded positions come out as zeros.
+    Explained in notebooks/04_attention_encoder.ipynb.
+    """
+    index: torch.Tensor  # (N,) flat positions b * T + t of the real tokens
+    B: int
+    T: int
+
+    @staticmethod
+    def of(valid_lens, T: int) -> "RealTokens | None":
+        """Where the real tokens are, or None when there is no padding to skip."""
+        real = torch.arange(T, device=valid_lens.device) < valid_lens[:, None]  # (B, T)
+        index = real.view(-1).nonzero()[:, 0]
+        return None if len(index) == real.numel() else RealTokens(index, len(valid_lens), T)
+
+    def rows(self, grid):
+        """(B, T, d) -> (N, d): the real tokens' rows."""
+        return grid.reshape(self.B * self.T, -1).index_select(0, self.index)
+
+    def grid(self, rows):
+        """(N, d) -> (B, T, d), with zeros at the padded positions."""
+        out = rows.new_zeros(self.B * self.T, rows.shape[-1])
+        return out.index_copy_(0, self.index, rows).view(self.B, self.T, -1)  # in place: no copy of the zeros
+
+
 class MultiHeadAttention(nn.Module):
     """Self-attention with `heads` heads; keys at or past each sequence's valid length are masked.
 
@@ -152,13 +187,19 @@ class MultiHeadAttention(nn.Module):
         B, T, H = x.shape
         return x.view(B, T, self.heads, H // self.heads).transpose(1, 2)  # (B, nh, T, hs)
 
-    def forward(self, x, valid_lens=None):
-        B, T, H = x.shape
+    def forward(self, x, valid_lens=None, real: RealTokens | None = None):
+        """x: (B, T, H); or (N, H), the rows of the real tokens only, with `real` saying where
+        they sit in the batch. Returns the same shape as x."""
+        H = x.shape[-1]
         # Queries, keys and values from one product with the three weights stacked: x is read once,
         # and backward computes x's gradient in one product instead of adding up three.
         weight = torch.cat([self.W_q.weight, self.W_k.weight, self.W_v.weight])  # (3H, H)
         bias = torch.cat([self.W_q.bias, self.W_k.bias, self.W_v.bias])
-        q, k, v = (self.split_heads(t) for t in F.linear(x, weight, bias).split(H, dim=-1))
+        qkv = F.linear(x, weight, bias)                           # (B, T, 3H) or (N, 3H)
+        if real is not None:  # attention compares positions: it needs the (B, T) grid
+            qkv = real.grid(qkv)
+        B, T, _ = qkv.shape
+        q, k, v = (self.split_heads(t) for t in qkv.split(H, dim=-1))
         mask = None if valid_lens is None else key_padding_mask(valid_lens, T)  # (B, 1, 1, T)
         p = self.dropout.p if self.training else 0.0
         # On the CPU, the fused kernel has no dropout: with p > 0 it falls back to a slower
@@ -173,7 +214,8 @@ class MultiHeadAttention(nn.Module):
             weights = scores.softmax(dim=-1)
             self.attention_weights = weights.detach()
             out = self.dropout(weights) @ v                                 # (B, nh, T, hs)
-        return self.W_o(out.transpose(1, 2).reshape(B, T, H))              # (B, T, H)
+        out = out.transpose(1, 2).reshape(B, T, H)                          # (B, T, H)
+        return self.W_o(out if real is None else real.rows(out))
 
 
 class PositionWiseFFN(nn.Module):
@@ -205,9 +247,10 @@ class EncoderBlock(nn.Module):
         self.norm2 = nn.LayerNorm(c.hidden, eps=c.norm_eps)
         self.dropout = Dropout(c.dropout)
 
-    def forward(self, x, valid_lens=None):
-        x = self.norm1(x + self.dropout(self.attention(x, valid_lens)))
-        return self.norm2(x + self.dropout(self.ffn(x)))
+    def forward(self, x, valid_lens=None, real: RealTokens | None = None):
+        """x: (B, T, H), or the real tokens' (N, H) rows (see `RealTokens`)."""
+        x = self.norm1(x + self.dropout(self.attention(x, valid_lens, real), real))
+        return self.norm2(x + self.dropout(self.ffn(x), real))
 
 
 class MaskLM(nn.Module):
@@ -276,9 +319,14 @@ class BERTModel(nn.Module):
 
     def _encode(self, tokens, segments, valid_lens):
         x = self.embeddings(tokens, torch.zeros_like(tokens) if segments is None else segments)
+        real = None
+        if valid_lens is not None and self.config.skip_padding:
+            real = RealTokens.of(valid_lens, tokens.shape[1])
+        if real is not None:
+            x = real.rows(x)                  # (N, H): the blocks skip the padding
         for block in self.blocks:
-            x = block(x, valid_lens)
-        return x
+            x = block(x, valid_lens, real)
+        return x if real is None else real.grid(x)  # (B, T, H), zeros at the padding
 
     def forward(self, tokens, segments=None, valid_lens=None, pred_positions=None,
                 mlm_logits: bool = True) -> BERTOutput:

@@ -33,6 +33,32 @@ def test_fused_attention_equals_from_scratch(preset):
         assert (x - y).abs().max() <= 1e-5
 
 
+@pytest.mark.parametrize("preset", ["d2l", "bert-tiny"])
+@pytest.mark.parametrize("fused", [True, False])
+def test_skipping_padding_gives_the_same_numbers_and_gradients(preset, fused):
+    # In training mode, dropout included: the masks are drawn for the whole grid either way.
+    config = BERTConfig.preset(preset, 500, fused_attention=fused)
+    torch.manual_seed(0)
+    skip = BERTModel(config)
+    full = BERTModel(dataclasses.replace(config, skip_padding=False))
+    full.load_state_dict(skip.state_dict())
+    tokens, segments, valid_lens, pred = batch()
+    real = torch.arange(12) < valid_lens[:, None]
+    outs = []
+    for net in (skip, full):
+        torch.manual_seed(1)
+        outs.append(net(tokens, segments, valid_lens, pred))
+    assert (outs[0].encoded - outs[1].encoded)[real].abs().max() <= 1e-6
+    assert outs[0].encoded[~real].eq(0).all()  # padded positions carry zeros, not leftovers
+    for a, b in zip(outs[0][1:4], outs[1][1:4]):
+        assert (a - b).abs().max() <= 1e-6
+    for out in outs:
+        (out.mlm_logits.logsumexp(-1).sum() + out.nsp_logits.sum()).backward()
+    for (name, p), q in zip(skip.named_parameters(), full.parameters()):
+        assert torch.allclose(p.grad, q.grad, atol=1e-6), name
+    assert skip(tokens).encoded.shape == (4, 12, config.hidden)  # no valid_lens: nothing to skip
+
+
 def test_padding_does_not_change_real_positions():
     torch.manual_seed(0)
     net = BERTModel(BERTConfig.preset("bert-tiny", 500)).eval()
@@ -96,3 +122,24 @@ def test_dropout_keeps_the_expected_value():
 def test_devices_fall_back_to_cpu():
     devs = devices()
     assert devs and devs[0].type in ("cpu", "cuda", "mps")
+
+
+def test_the_benchmarks_book_style_step_computes_the_same_function():
+    # benchmarks/model_step.py times bertlite against `book_style` on the same weights: the
+    # baseline must be the same model computed the book's way (every position, nn.Dropout).
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "_common.py"
+    spec = importlib.util.spec_from_file_location("benchmarks_common", path)
+    common = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(common)
+    torch.manual_seed(0)
+    net = BERTModel(BERTConfig.preset("d2l", 500))
+    book = common.book_style(BERTModel(net.config))
+    book.load_state_dict(net.state_dict())
+    assert not book.config.skip_padding and isinstance(book.blocks[0].dropout, torch.nn.Dropout)
+    real = torch.arange(12) < batch()[2][:, None]
+    a, b = net.eval()(*batch()), book.eval()(*batch())
+    assert (a.encoded - b.encoded)[real].abs().max() <= 1e-5
+    assert (a.mlm_logits - b.mlm_logits).abs().max() <= 1e-5
+    book.train()(*batch())  # a training forward, dropout on, runs
