@@ -43,7 +43,7 @@ HELP = {  # one line per config field: every field is a flag
     "tie_decoder": "tie the MLM decoder to the token embeddings (BERT)",
     "norm_eps": "LayerNorm epsilon", "init_std": "normal init std (omit: PyTorch's default init)",
     "fused_attention": "use F.scaled_dot_product_attention where it is a fused kernel",
-    "skip_padding": "compute the encoder on real tokens only (same numbers, faster)",
+    "skip_padding": "compute the encoder on real tokens only (the same numbers at every real token)",
 }
 # Defaults for the shipped corpus (956 pairs): the book's 50 steps of 512 would be 27 epochs
 # of a tiny set at a learning rate too high for it.

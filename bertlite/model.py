@@ -141,8 +141,9 @@ def key_padding_mask(valid_lens, T: int):
 class RealTokens(NamedTuple):
     """Where the real tokens of a padded (B, T) batch sit. Only attention needs the (B, T) grid:
     every other layer works token by token, so the encoder can carry just the N real tokens as
-    (N, H) rows and skip the padding (a quarter of WikiText-2's 64-position rows). The real tokens
-    get the same numbers either way, dropout included; padded positions come out as zeros.
+    (N, H) rows and skip the padding (a quarter of WikiText-2's 64-position rows). Every real
+    token gets the same numbers either way, dropout included; padded positions come out as zeros
+    (so does every position of a row of valid length 0, which has no real token at all).
     Explained in notebooks/04_attention_encoder.ipynb.
     """
     index: torch.Tensor  # (N,) flat positions b * T + t of the real tokens
@@ -197,6 +198,9 @@ class MultiHeadAttention(nn.Module):
         bias = torch.cat([self.W_q.bias, self.W_k.bias, self.W_v.bias])
         qkv = F.linear(x, weight, bias)                           # (B, T, 3H) or (N, 3H)
         if real is not None:  # attention compares positions: it needs the (B, T) grid
+            if valid_lens is None:  # unmasked, the zero-filled padding would take weight
+                raise ValueError("MultiHeadAttention: real tokens given without valid_lens; "
+                                 "pass the valid lengths that `real` was made from")
             qkv = real.grid(qkv)
         B, T, _ = qkv.shape
         q, k, v = (self.split_heads(t) for t in qkv.split(H, dim=-1))
@@ -278,7 +282,7 @@ class MaskLM(nn.Module):
 
 
 class BERTOutput(NamedTuple):
-    encoded: torch.Tensor      # (B, T, H) contextual representation of every token
+    encoded: torch.Tensor      # (B, T, H) contextual representation of every token (zeros at padding)
     mlm_logits: torch.Tensor | None  # (B, P, V) at the predicted positions, or None
     nsp_logits: torch.Tensor   # (B, 2): [not next, is next]
     pooled: torch.Tensor       # (B, H) tanh(dense(<cls>)), the input of the NSP head
@@ -313,7 +317,8 @@ class BERTModel(nn.Module):
             nn.init.zeros_(m.bias)
 
     def encode(self, tokens, segments=None, valid_lens=None):
-        """(B, T, H) hidden states of the last encoder block."""
+        """(B, T, H) hidden states of the last encoder block; zeros past each valid length
+        (unless `config.skip_padding` is False: then whatever the padded positions computed)."""
         self._check(tokens, segments, valid_lens)
         return self._encode(tokens, segments, valid_lens)
 

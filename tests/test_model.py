@@ -3,7 +3,8 @@ import dataclasses
 import pytest
 import torch
 
-from bertlite.model import (BERTConfig, BERTModel, Dropout, count_parameters, get_bert_encoding)
+from bertlite.model import (BERTConfig, BERTModel, Dropout, RealTokens, count_parameters,
+                            get_bert_encoding)
 from bertlite.train import devices
 from bertlite.vocab import Vocab
 
@@ -35,9 +36,11 @@ def test_fused_attention_equals_from_scratch(preset):
 
 @pytest.mark.parametrize("preset", ["d2l", "bert-tiny"])
 @pytest.mark.parametrize("fused", [True, False])
-def test_skipping_padding_gives_the_same_numbers_and_gradients(preset, fused):
-    # In training mode, dropout included: the masks are drawn for the whole grid either way.
-    config = BERTConfig.preset(preset, 500, fused_attention=fused)
+@pytest.mark.parametrize("dropout", [0.0, 0.2])
+def test_skipping_padding_gives_the_same_numbers_and_gradients(preset, fused, dropout):
+    # In training mode. With dropout the masks are drawn for the whole grid either way; without
+    # it, fused=True runs PyTorch's fused kernel (with dropout the CPU takes the written-out path).
+    config = BERTConfig.preset(preset, 500, fused_attention=fused, dropout=dropout)
     torch.manual_seed(0)
     skip = BERTModel(config)
     full = BERTModel(dataclasses.replace(config, skip_padding=False))
@@ -57,6 +60,9 @@ def test_skipping_padding_gives_the_same_numbers_and_gradients(preset, fused):
     for (name, p), q in zip(skip.named_parameters(), full.parameters()):
         assert torch.allclose(p.grad, q.grad, atol=1e-6), name
     assert skip(tokens).encoded.shape == (4, 12, config.hidden)  # no valid_lens: nothing to skip
+    rows = torch.randn(int(valid_lens.sum()), config.hidden)
+    with pytest.raises(ValueError, match="without valid_lens"):  # the padding would go unmasked
+        skip.blocks[0].attention(rows, None, RealTokens.of(valid_lens, 12))
 
 
 def test_padding_does_not_change_real_positions():
