@@ -57,7 +57,7 @@ def timed_together(fns, repeat=5, warmup=1, faults=None):
 def keep_freed_memory() -> bool:
     """Make glibc's malloc keep freed memory for reuse instead of handing it back to the kernel.
 
-    By default a block above 32 MB (the book's 5120 x 20256 logits are 415 MB) is mapped fresh on
+    By default a block above 32 MiB (the book's 5120 x 20256 logits are 415 MB) is mapped fresh on
     every allocation and unmapped when freed, so each step faults its pages in again and the kernel
     zeroes them. `mallopt` with M_MMAP_MAX = 0 serves every block from the heap, and M_TRIM_THRESHOLD
     at its largest stops the heap from shrinking. The arithmetic is untouched. Returns False where

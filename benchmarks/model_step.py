@@ -10,7 +10,7 @@ drifting speed moves both alike. Last, the time of one dropout call, bertlite's 
 `nn.Dropout`.
 
 The last column is the memory the kernel handed over per step (minor page faults x page size):
-by default glibc returns every freed block above 32 MB to the kernel, which must zero it again on
+by default glibc returns every freed block above 32 MiB to the kernel, which must zero it again on
 the next step. The book-style step frees 415 MB of logits per step, so much of its time is that.
 `--keep-freed-memory` makes malloc reuse freed memory (`_common.keep_freed_memory`): the ratio
 then compares the arithmetic alone.
@@ -57,7 +57,8 @@ def main():
     config = BERTConfig.preset("d2l", 20256)  # the book's vocabulary size, as in its figures
     batch = {k: (v % 20256 if k in ("tokens", "mlm_labels") else v) for k, v in batch.items()}
     peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
-    print(f"malloc: {'freed memory kept for reuse' if kept else 'default (freed blocks above 32 MB go back to the kernel)'}")
+    print("malloc:", "freed memory kept for reuse" if kept else
+          "default (freed blocks above 32 MiB go back to the kernel)")
     print(f"threads {torch.get_num_threads()}; matmul peak (2048^2): fp32 {peaks['fp32']:.0f}, "
           f"bf16 {peaks['bf16']:.0f} GFLOP/s")
     tokens = batch["valid_lens"].sum().item()
