@@ -153,8 +153,8 @@ class RealTokens(NamedTuple):
     @staticmethod
     def of(valid_lens, T: int) -> "RealTokens | None":
         """Where the real tokens are, or None when there is no padding to skip."""
-        real = torch.arange(T, device=valid_lens.device) < valid_lens[:, None]  # (B, T)
-        index = real.view(-1).nonzero()[:, 0]
+        real = key_padding_mask(valid_lens, T)[:, 0, 0]  # (B, T): the rule attention masks by
+        index = real.reshape(-1).nonzero()[:, 0]
         return None if len(index) == real.numel() else RealTokens(index, len(valid_lens), T)
 
     def rows(self, grid):
@@ -324,9 +324,8 @@ class BERTModel(nn.Module):
 
     def _encode(self, tokens, segments, valid_lens):
         x = self.embeddings(tokens, torch.zeros_like(tokens) if segments is None else segments)
-        real = None
-        if valid_lens is not None and self.config.skip_padding:
-            real = RealTokens.of(valid_lens, tokens.shape[1])
+        skip = valid_lens is not None and self.config.skip_padding
+        real = RealTokens.of(valid_lens, tokens.shape[1]) if skip else None
         if real is not None:
             x = real.rows(x)                  # (N, H): the blocks skip the padding
         for block in self.blocks:
