@@ -32,10 +32,12 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
     Chunk by chunk of rows, the forward pass computes the logits, the loss, and right away the
     gradient of the logits (softmax - one-hot, scaled by w / total), then the gradients of h, W
-    and b; backward only scales them. Each (chunk, V) block stays in the CPU cache instead of
-    being written to memory and read back by five separate kernels. The bias rides along as one
-    more column of W against a column of ones in h: the products then add it in and sum its
-    gradient, which saves two more passes over each block.
+    and b; backward only scales them. The (N, V) logits (3249 x 20256 floats for the book's
+    batch) are never stored: every chunk reuses one (chunk, V) buffer, so that memory is neither
+    written out and read back by five separate kernels nor handed over fresh by the kernel each
+    step. The bias rides along as one more column of W against a column of ones in h: the
+    products then add it in and sum its gradient, which saves two more passes over each block.
+    Under bf16 autocast the three products run in bf16, the softmax in fp32 (in a second buffer).
     """
 
     @staticmethod
@@ -43,19 +45,23 @@ class _LinearCrossEntropy(torch.autograd.Function):
         device = h.device.type
         dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else h.dtype
         need_grad = any(ctx.needs_input_grad[:3])
-        N, H = h.shape
+        (N, H), V, fp32 = h.shape, weight.shape[0], dtype == torch.float32
         with torch.autocast(device, enabled=False):
             hc = torch.cat([h.to(dtype), h.new_ones(N, 1, dtype=dtype)], 1)        # (N, H+1)
             wc = torch.cat([weight.to(dtype), bias.to(dtype)[:, None]], 1)          # (V, H+1)
             loss, correct = torch.zeros((), device=h.device), torch.zeros((), device=h.device)
-            gh = torch.zeros(N, H + 1, device=h.device)                             # [dh, -]
-            gwt = torch.zeros(H + 1, weight.shape[0], device=h.device)               # [dW.T; db]
-            # One (chunk, V) buffer for every chunk: a fresh 20 MB block each time costs page faults
-            buffer = torch.empty(min(chunk, N), weight.shape[0], dtype=dtype, device=h.device)
+            gh = torch.zeros(N, H + 1, device=h.device, dtype=dtype)                # [dh, -]
+            gwt = torch.zeros(H + 1, V, device=h.device)                            # [dW.T; db]
+            # The products in the compute dtype; the softmax in fp32, in the same buffer for fp32
+            products = torch.empty(min(chunk, N), V, dtype=dtype, device=h.device)
+            buffer = products if fp32 else torch.empty(products.shape, device=h.device)
+            part = None if fp32 else torch.empty(H + 1, V, dtype=dtype, device=h.device)
             for s in range(0, N, chunk):
                 e = min(s + chunk, N)
                 y, ws = labels[s:e], w[s:e].float()
-                logits = torch.mm(hc[s:e], wc.t(), out=buffer[:e - s]).float()  # (c, V), bias in
+                logits = torch.mm(hc[s:e], wc.t(), out=products[:e - s])          # (c, V), bias in
+                if not fp32:
+                    logits = buffer[:e - s].copy_(logits)                         # exact in fp32
                 top = logits.amax(-1)                                 # faster than max + argmax
                 label_logit = logits.gather(1, y[:, None])[:, 0]
                 correct += ((label_logit >= top) * ws).sum()          # the label is (a) top guess
@@ -66,13 +72,14 @@ class _LinearCrossEntropy(torch.autograd.Function):
                     scale = ws / total                                # each row's share of the loss
                     g = p.mul_((scale / total_exp)[:, None])          # softmax * scale, in place
                     g[torch.arange(e - s, device=h.device), y] -= scale  # minus the one-hot label
-                    gc = g.to(dtype)
-                    if dtype == torch.float32:  # straight into the gradients, no temporaries
-                        torch.mm(gc, wc, out=gh[s:e])
-                        gwt.addmm_(hc[s:e].t(), gc)                   # (H+1, c) @ (c, V): no copy
-                    else:
-                        gh[s:e] = gc @ wc
-                        gwt += hc[s:e].t() @ gc                       # summed in fp32
+                    if fp32:  # straight into the gradients, no temporaries
+                        torch.mm(g, wc, out=gh[s:e])
+                        gwt.addmm_(hc[s:e].t(), g)                    # (H+1, c) @ (c, V): no copy
+                    else:  # rounded to bf16 into the products' buffer, which is free again
+                        g = products[:e - s].copy_(g)
+                        torch.mm(g, wc, out=gh[s:e])
+                        gwt += torch.mm(hc[s:e].t(), g, out=part)     # summed in fp32
+            gh = gh.float()
         ctx.save_for_backward(gh[:, :H], gwt[:H].t(), gwt[H])
         ctx.mark_non_differentiable(correct)
         return loss / total, correct / total

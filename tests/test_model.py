@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from bertlite.model import (BERTConfig, BERTModel, Dropout, RealTokens, count_parameters,
-                            get_bert_encoding)
+                            get_bert_encoding, keep_mask)
 from bertlite.train import devices
 from bertlite.vocab import Vocab
 
@@ -123,6 +123,37 @@ def test_dropout_keeps_the_expected_value():
     assert abs((y == 0).float().mean().item() - 0.2) < 0.005
     assert abs(y.mean().item() - 1.0) < 0.01
     assert torch.equal(d.eval()(torch.ones(3)), torch.ones(3))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_keep_mask_has_the_values_of_the_written_out_formula(dtype):
+    # keep_mask scales a 0/1 tensor instead of calling torch.where (a third of the time): the
+    # numbers must be where's, and with `real` exactly the real rows of the whole grid's mask
+    n, k = 4 * 7 * 9, round(0.2 * 65536)
+    torch.manual_seed(1)
+    bits = torch.empty((n + 3) // 4, dtype=torch.int64).random_(-2**63, 2**63 - 1)
+    keep = bits.view(torch.int16)[:n] >= k - 32768
+    expected = torch.where(keep, 65536 / (65536 - k), 0.0).to(dtype).view(4, 7, 9)
+    real = RealTokens.of(torch.tensor([5, 0, 7, 3]), 7)
+    torch.manual_seed(1)
+    assert torch.equal(keep_mask((4, 7, 9), 0.2, dtype), expected)
+    torch.manual_seed(1)
+    rows = keep_mask((4, 7, 9), 0.2, dtype, real=real)
+    assert rows.dtype == dtype and torch.equal(rows, real.rows(expected))
+
+
+def test_bf16_autocast_runs_the_whole_encoder_in_bf16():
+    # Under bf16 autocast the encoder carries bf16 from the embeddings on (not only inside its
+    # products), and stays close to fp32; fp32 outside autocast is untouched
+    torch.manual_seed(0)
+    net = BERTModel(BERTConfig.preset("d2l", 500)).eval()
+    tokens, segments, valid_lens, _ = batch()
+    with torch.no_grad():
+        fp32 = net.encode(tokens, segments, valid_lens)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            bf16 = net.encode(tokens, segments, valid_lens)
+    assert fp32.dtype == torch.float32 and bf16.dtype == torch.bfloat16
+    assert (bf16.float() - fp32).abs().max() < 0.1 and torch.all(bf16[3, 1:] == 0)  # padding stays 0
 
 
 def test_devices_fall_back_to_cpu():

@@ -1,0 +1,87 @@
+"""Today's training step against the same step of an earlier commit, in one process, in turns.
+
+    python benchmarks/step_vs_commit.py [COMMIT] [--precision bf16 fp32] [--repeat 7]
+
+COMMIT (default 80bcd46, the code issue 11's "today" figures were measured on) is read out of
+this checkout's git history with `git archive` into a temporary folder and imported as a package
+of its own, beside today's `bertlite`. Both build the book's model (the d2l preset, vocabulary
+20256, dropout 0.2) from the same seed and take Adam steps on the same WikiText-2 batch (512
+pairs, max_len 64), each with its own fused MLM loss, timed in turns (old, new, old, new, ...),
+so the machine's drifting speed moves both alike. Prints the matmul peaks, pairs/s and the ratio.
+Works for commits whose model takes `mlm_logits=False` and whose loss takes the decoder (the
+fused loss, since 2026-11).
+"""
+import argparse
+import importlib
+import subprocess
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+
+import torch
+
+from _common import matmul_peak, timed_together, wikitext2_dir
+import bertlite.loss
+import bertlite.model
+from bertlite.data import load_pretrain_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def import_commit(commit: str, folder: Path):
+    """`bertlite` as it was at `commit`, imported as the package `bertlite_<commit>`."""
+    archive = folder / "old.tar"
+    subprocess.run(["git", "-C", str(ROOT), "archive", "-o", str(archive), commit, "bertlite"],
+                   check=True)
+    with tarfile.open(archive) as tar:
+        tar.extractall(folder, filter="data")
+    name = f"bertlite_{commit}"
+    (folder / "bertlite").rename(folder / name)  # its imports are relative, so any name works
+    sys.path.insert(0, str(folder))
+    return importlib.import_module(f"{name}.model"), importlib.import_module(f"{name}.loss")
+
+
+def step_fn(model_module, loss_module, batch, precision):
+    """One Adam step of a fresh d2l model built by `model_module`, as a closure."""
+    torch.manual_seed(0)
+    net = model_module.BERTModel(model_module.BERTConfig(vocab_size=20256))  # the d2l sizes
+    opt = torch.optim.Adam(net.parameters(), lr=0.01)
+
+    def step():
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            out = net(batch["tokens"], batch["segments"], batch["valid_lens"],
+                      batch["pred_positions"], mlm_logits=False)
+            loss = loss_module.pretrain_loss(out, batch, net.mlm.decoder)
+        opt.zero_grad(set_to_none=True)
+        loss.total.backward()
+        opt.step()
+        return loss
+    return step
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("commit", nargs="?", default="80bcd46")
+    parser.add_argument("--precision", nargs="+", default=["bf16", "fp32"])
+    parser.add_argument("--repeat", type=int, default=7)
+    args = parser.parse_args()
+    data_dir = wikitext2_dir()
+    ds = load_pretrain_dataset(64, "wikitext-2" if data_dir else "tinywiki", data_dir=data_dir)
+    batch = {k: (v % 20256 if k in ("tokens", "mlm_labels") else v) for k, v in ds[:512].items()}
+    with tempfile.TemporaryDirectory() as folder:
+        old_model, old_loss = import_commit(args.commit, Path(folder))
+        print(f"threads {torch.get_num_threads()}; matmul peak (2048^2): fp32 "
+              f"{matmul_peak(torch.float32):.0f}, bf16 {matmul_peak(torch.bfloat16):.0f} GFLOP/s")
+        print(f"batch {tuple(batch['tokens'].shape)} of {'WikiText-2' if data_dir else 'tinywiki'}, "
+              f"the book's model, dropout 0.2, Adam; {args.repeat} steps each, in turns")
+        for precision in args.precision:
+            old = step_fn(old_model, old_loss, batch, precision)
+            new = step_fn(bertlite.model, bertlite.loss, batch, precision)
+            t_old, t_new = timed_together([old, new], repeat=args.repeat)
+            print(f"{precision}: {args.commit} {512 / t_old:.0f} pairs/s, today {512 / t_new:.0f} "
+                  f"pairs/s: {t_old / t_new:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
