@@ -101,9 +101,8 @@ class Dropout(nn.Module):
         rows are used, so skipping the padding leaves every random number where it was."""
         if not self.training or self.p == 0:
             return x
-        if real is None:
-            return x * keep_mask(x.shape, self.p, x.dtype, x.device)
-        return x * keep_mask((real.B, real.T, x.shape[-1]), self.p, x.dtype, x.device, real)
+        shape = x.shape if real is None else (real.B, real.T, x.shape[-1])
+        return x * keep_mask(shape, self.p, x.dtype, x.device, real)
 
 
 def keep_mask(shape, p: float, dtype=torch.float32, device=None, real=None) -> torch.Tensor:
