@@ -97,15 +97,17 @@ def book_style(net):
     return net
 
 
-def step_fn(net, batch, precision="fp32", fused_loss=True, book_loss=False, lr=0.01):
-    """One optimiser step of pre-training on `batch` as a closure (returns the loss parts)."""
+def step_fn(net, batch, precision="fp32", fused_loss=True, book_loss=False, lr=0.01,
+            loss_fn=pretrain_loss):
+    """One optimiser step of pre-training on `batch` as a closure (returns the loss parts).
+    `loss_fn`: bertlite's `pretrain_loss`, or another version's (benchmarks/step_vs_commit.py)."""
     opt = torch.optim.Adam(net.parameters(), lr=lr)
 
     def step():
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
             out = net(batch["tokens"], batch["segments"], batch["valid_lens"],
                       batch["pred_positions"], mlm_logits=not fused_loss)
-            loss = pretrain_loss(out, batch, net.mlm.decoder)
+            loss = loss_fn(out, batch, net.mlm.decoder)
             total = loss.total
             if book_loss:  # the same arithmetic cost as the book's loss
                 total = d2l_mlm_loss(out.mlm_logits, batch["mlm_labels"], batch["mlm_weights"]) + loss.nsp

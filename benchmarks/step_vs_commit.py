@@ -21,8 +21,7 @@ from pathlib import Path
 
 import torch
 
-from _common import matmul_peak, timed_together, wikitext2_dir
-import bertlite.loss
+from _common import matmul_peak, step_fn, timed_together, wikitext2_dir
 import bertlite.model
 from bertlite.data import load_pretrain_dataset
 
@@ -42,22 +41,10 @@ def import_commit(commit: str, folder: Path):
     return importlib.import_module(f"{name}.model"), importlib.import_module(f"{name}.loss")
 
 
-def step_fn(model_module, loss_module, batch, precision):
-    """One Adam step of a fresh d2l model built by `model_module`, as a closure."""
+def book_model(model_module):
+    """The d2l model built by `model_module` (today's or the commit's), from seed 0."""
     torch.manual_seed(0)
-    net = model_module.BERTModel(model_module.BERTConfig(vocab_size=20256))  # the d2l sizes
-    opt = torch.optim.Adam(net.parameters(), lr=0.01)
-
-    def step():
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-            out = net(batch["tokens"], batch["segments"], batch["valid_lens"],
-                      batch["pred_positions"], mlm_logits=False)
-            loss = loss_module.pretrain_loss(out, batch, net.mlm.decoder)
-        opt.zero_grad(set_to_none=True)
-        loss.total.backward()
-        opt.step()
-        return loss
-    return step
+    return model_module.BERTModel(model_module.BERTConfig(vocab_size=20256))  # the d2l sizes
 
 
 def main():
@@ -76,8 +63,8 @@ def main():
         print(f"batch {tuple(batch['tokens'].shape)} of {'WikiText-2' if data_dir else 'tinywiki'}, "
               f"the book's model, dropout 0.2, Adam; {args.repeat} steps each, in turns")
         for precision in args.precision:
-            old = step_fn(old_model, old_loss, batch, precision)
-            new = step_fn(bertlite.model, bertlite.loss, batch, precision)
+            old = step_fn(book_model(old_model), batch, precision, loss_fn=old_loss.pretrain_loss)
+            new = step_fn(book_model(bertlite.model), batch, precision)
             t_old, t_new = timed_together([old, new], repeat=args.repeat)
             print(f"{precision}: {args.commit} {512 / t_old:.0f} pairs/s, today {512 / t_new:.0f} "
                   f"pairs/s: {t_old / t_new:.2f}x")
