@@ -45,6 +45,8 @@ def main():
     parser.add_argument("--keep-freed-memory", action="store_true",
                         help="let malloc reuse freed memory instead of returning it to the kernel")
     args = parser.parse_args()
+    if args.repeat < 1:
+        parser.error(f"--repeat {args.repeat}: give at least 1 step to time")
     kept = args.keep_freed_memory and keep_freed_memory()
     if args.keep_freed_memory and not kept:
         raise SystemExit("--keep-freed-memory needs glibc's malloc (Linux); run without it")

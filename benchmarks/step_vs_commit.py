@@ -31,8 +31,12 @@ ROOT = Path(__file__).resolve().parents[1]
 def import_commit(commit: str, folder: Path):
     """`bertlite` as it was at `commit`, imported as the package `bertlite_<commit>`."""
     archive = folder / "old.tar"
-    subprocess.run(["git", "-C", str(ROOT), "archive", "-o", str(archive), commit, "bertlite"],
-                   check=True)
+    done = subprocess.run(["git", "-C", str(ROOT), "archive", "-o", str(archive), commit,
+                           "bertlite"], capture_output=True, text=True)
+    if done.returncode:
+        why = (done.stderr.strip().splitlines() or ["git failed"])[-1]
+        raise SystemExit(f"{commit}: git archive found no bertlite/ at that commit of this "
+                         f"checkout ({why}); give a commit of its history, such as 80bcd46")
     with tarfile.open(archive) as tar:
         tar.extractall(folder, filter="data")
     name = f"bertlite_{commit}"
@@ -50,9 +54,12 @@ def book_model(model_module):
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("commit", nargs="?", default="80bcd46")
-    parser.add_argument("--precision", nargs="+", default=["bf16", "fp32"])
+    parser.add_argument("--precision", nargs="+", default=["bf16", "fp32"],
+                        choices=["bf16", "fp32"])
     parser.add_argument("--repeat", type=int, default=7)
     args = parser.parse_args()
+    if args.repeat < 1:
+        parser.error(f"--repeat {args.repeat}: give at least 1 step to time")
     data_dir = wikitext2_dir()
     ds = load_pretrain_dataset(64, "wikitext-2" if data_dir else "tinywiki", data_dir=data_dir)
     batch = {k: (v % 20256 if k in ("tokens", "mlm_labels") else v) for k, v in ds[:512].items()}
@@ -60,7 +67,8 @@ def main():
         old_model, old_loss = import_commit(args.commit, Path(folder))
         print(f"threads {torch.get_num_threads()}; matmul peak (2048^2): fp32 "
               f"{matmul_peak(torch.float32):.0f}, bf16 {matmul_peak(torch.bfloat16):.0f} GFLOP/s")
-        print(f"batch {tuple(batch['tokens'].shape)} of {'WikiText-2' if data_dir else 'tinywiki'}, "
+        corpus = "WikiText-2" if data_dir else "tinywiki"
+        print(f"batch {tuple(batch['tokens'].shape)} of {corpus}, "
               f"the book's model, dropout 0.2, Adam; {args.repeat} steps each, in turns")
         for precision in args.precision:
             old = step_fn(book_model(old_model), batch, precision, loss_fn=old_loss.pretrain_loss)
