@@ -12,6 +12,7 @@ from torch import nn
 
 from bertlite.loss import d2l_mlm_loss, pretrain_loss
 from bertlite.model import Dropout
+from bertlite.train import TrainConfig, make_optimizer
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"  # ../shared/data when present
 
@@ -97,11 +98,17 @@ def book_style(net):
     return net
 
 
+def book_optimizer(named_parameters, cfg):
+    """The book's optimizer: torch's Adam as it comes (the trainer's `make_optimizer` fuses it)."""
+    return torch.optim.Adam([p for _, p in named_parameters], lr=cfg.lr)
+
+
 def step_fn(net, batch, precision="fp32", fused_loss=True, book_loss=False, lr=0.01,
-            loss_fn=pretrain_loss):
-    """One optimiser step of pre-training on `batch` as a closure (returns the loss parts).
-    `loss_fn`: bertlite's `pretrain_loss`, or another version's (benchmarks/step_vs_commit.py)."""
-    opt = torch.optim.Adam(net.parameters(), lr=lr)
+            loss_fn=pretrain_loss, optimizer=make_optimizer, config=TrainConfig):
+    """One optimiser step of pre-training on `batch` as a closure (returns the loss parts), with
+    the trainer's Adam (`make_optimizer`). `loss_fn`, `optimizer` and `config`: bertlite's, or
+    another version's (benchmarks/step_vs_commit.py), or the book's (`book_optimizer`)."""
+    opt = optimizer(net.named_parameters(), config(optimizer="adam", lr=lr))
 
     def step():
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):

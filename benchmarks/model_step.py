@@ -20,7 +20,7 @@ import resource
 
 import torch
 
-from _common import (book_style, keep_freed_memory, matmul_peak, step_fn, timed_together,
+from _common import (book_optimizer, book_style, keep_freed_memory, matmul_peak, step_fn, timed_together,
                      wikitext2_dir)
 from bertlite.data import load_pretrain_dataset
 from bertlite.model import BERTConfig, BERTModel, Dropout
@@ -87,7 +87,7 @@ def main():
     page_mb = resource.getpagesize() / 2**20
     torch.manual_seed(0)  # rows[0], the baseline: the book's computation on the book's model
     baseline = step_fn(book_style(BERTModel(BERTConfig.preset("d2l", 20256))), batch, "fp32",
-                       fused_loss=False, book_loss=True)
+                       fused_loss=False, book_loss=True, optimizer=book_optimizer)
     for i, (name, dropout, fused_attn, fused_loss, skip, precision) in enumerate(rows[1:]):
         torch.manual_seed(0)
         net = BERTModel(BERTConfig.preset("d2l", 20256, dropout=dropout, fused_attention=fused_attn,

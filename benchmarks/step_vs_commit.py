@@ -6,10 +6,10 @@ COMMIT (default 80bcd46, the code issue 11's "today" figures were measured on) i
 this checkout's git history with `git archive` into a temporary folder and imported as a package
 of its own, beside today's `bertlite`. Both build the book's model (the d2l preset, vocabulary
 20256, dropout 0.2) from the same seed and take Adam steps on the same WikiText-2 batch (512
-pairs, max_len 64), each with its own fused MLM loss, timed in turns (old, new, old, new, ...),
-so the machine's drifting speed moves both alike. Prints the matmul peaks, pairs/s and the ratio.
-Works for commits whose model takes `mlm_logits=False` and whose loss takes the decoder (the
-fused loss, since 2026-11).
+pairs, max_len 64), each with its own fused MLM loss and its own trainer's Adam, timed in turns
+(old, new, old, new, ...), so the machine's drifting speed moves both alike. Prints the matmul peaks, pairs/s and the ratio.
+Works for commits whose model takes `mlm_logits=False`, whose loss takes the decoder (the
+fused loss, since 2026-11) and whose trainer has `make_optimizer`.
 """
 import argparse
 import importlib
@@ -42,7 +42,7 @@ def import_commit(commit: str, folder: Path):
     name = f"bertlite_{commit}"
     (folder / "bertlite").rename(folder / name)  # its imports are relative, so any name works
     sys.path.insert(0, str(folder))
-    return importlib.import_module(f"{name}.model"), importlib.import_module(f"{name}.loss")
+    return tuple(importlib.import_module(f"{name}.{part}") for part in ("model", "loss", "train"))
 
 
 def book_model(model_module):
@@ -64,14 +64,15 @@ def main():
     ds = load_pretrain_dataset(64, "wikitext-2" if data_dir else "tinywiki", data_dir=data_dir)
     batch = {k: (v % 20256 if k in ("tokens", "mlm_labels") else v) for k, v in ds[:512].items()}
     with tempfile.TemporaryDirectory() as folder:
-        old_model, old_loss = import_commit(args.commit, Path(folder))
+        old_model, old_loss, old_train = import_commit(args.commit, Path(folder))
         print(f"threads {torch.get_num_threads()}; matmul peak (2048^2): fp32 "
               f"{matmul_peak(torch.float32):.0f}, bf16 {matmul_peak(torch.bfloat16):.0f} GFLOP/s")
         corpus = "WikiText-2" if data_dir else "tinywiki"
         print(f"batch {tuple(batch['tokens'].shape)} of {corpus}, "
               f"the book's model, dropout 0.2, Adam; {args.repeat} steps each, in turns")
         for precision in args.precision:
-            old = step_fn(book_model(old_model), batch, precision, loss_fn=old_loss.pretrain_loss)
+            old = step_fn(book_model(old_model), batch, precision, loss_fn=old_loss.pretrain_loss,
+                          optimizer=old_train.make_optimizer, config=old_train.TrainConfig)
             new = step_fn(book_model(bertlite.model), batch, precision)
             t_old, t_new = timed_together([old, new], repeat=args.repeat)
             print(f"{precision}: {args.commit} {512 / t_old:.0f} pairs/s, today {512 / t_new:.0f} "
