@@ -24,7 +24,7 @@ from .checks import ConfigError, flag, one_line, read_json, write_atomic
 from .masking import MASKING
 from .model import BERTConfig
 from .rundir import Interrupted
-from .train import TrainConfig
+from .train import TrainConfig, launched_as
 
 HELP = {  # one line per config field: every field is a flag
     "steps": "training steps (batches)", "batch_size": "global batch size (sentence pairs)",
@@ -150,9 +150,12 @@ def _resume_config(args):
     if not (run_dir / "checkpoint.pt").is_file():
         raise FileNotFoundError(f"{run_dir}/checkpoint.pt not found: nothing to resume (start "
                                 f"a new run with --run-dir)")
+    if args.run_dir is not None:  # a run lives in one folder: --run-dir would be ignored
+        raise ValueError(f"--resume {run_dir} continues in its own folder: drop --run-dir "
+                         f"{args.run_dir} (or start a new run with --run-dir alone)")
     saved = read_json(run_dir / "config.json", ("data", "model", "train"))
     model_cfg = BERTConfig.from_file(run_dir / "config.json", "model")
-    data = saved["data"]
+    data = dict(saved["data"])  # a copy: `saved` stays what the run was
     for key in ("dynamic_masking", "dynamic_pairs"):  # a typo here would train silently wrong
         if not isinstance(data.get(key, False), bool):
             raise ValueError(f"{run_dir}/config.json: data.{key} is {data[key]!r}, not true or "
@@ -177,8 +180,11 @@ def _resume_config(args):
     except (TypeError, ValueError) as e:
         raise ValueError(f"{run_dir}/config.json: {e}: not a bertlite run, or edited") from None
     train_cfg = TrainConfig(**{**saved["train"], **_given(args, TrainConfig)})  # the flags' errors
-    if args.data_dir is not None:
-        data["data_dir"] = args.data_dir  # the data may have moved; the vocabulary is the run's
+    if args.data_dir is not None and args.data_dir != data.get("data_dir"):
+        # The data may have moved (the vocabulary stays the run's): allowed, said and recorded
+        print(f"data: reading --data-dir {args.data_dir} instead of the run's "
+              f"{data.get('data_dir') or 'shipped data'} (recorded in {run_dir}/config.json)")
+        data["data_dir"] = args.data_dir
     return data, model_cfg, train_cfg, saved
 
 
@@ -193,7 +199,7 @@ def pretrain(args) -> dict:
     from .train import load_checkpoint, load_init, load_vocab, summarize, train_bert
     from .vocab import Vocab
 
-    rank0 = int(os.environ.get("RANK", 0)) == 0  # under torchrun, only rank 0 writes files
+    rank0 = launched_as()[0] == 0  # under torchrun, only rank 0 writes files
     init_net = None  # the model of --init-from (the checkpoint holds it on --resume)
     if args.resume:  # everything comes from the run's own config.json; flags may extend --steps
         run_dir = Path(args.resume)
@@ -209,7 +215,7 @@ def pretrain(args) -> dict:
             raise ConfigError("--dynamic-pairs needs new masks every epoch: drop --no-dynamic-masking")
         masks_every_epoch = shipped or bool(args.dynamic_pairs)
         data = {"name": args.dataset or "tinywiki", "data_dir": args.data_dir,
-                "max_len": args.seq_len or 64, "min_freq": args.min_freq,
+                "max_len": 64 if args.seq_len is None else args.seq_len, "min_freq": args.min_freq,
                 "dynamic_masking": masks_every_epoch if args.dynamic_masking is None
                 else args.dynamic_masking, "dynamic_pairs": bool(args.dynamic_pairs),
                 "seed": args.seed or 0, "pair_task": args.pair_task or "nsp",
@@ -258,6 +264,8 @@ def pretrain(args) -> dict:
     if args.resume:
         changes = {k: v for k, v in dataclasses.asdict(train_cfg).items()
                    if v != saved["train"].get(k)}
+        if data.get("data_dir") != saved["data"].get("data_dir"):
+            changes["data_dir"] = data["data_dir"]
         config = {**saved, "train": dataclasses.asdict(train_cfg), "data": data}
         if changes:  # so that a later resume, and the reader, know what this run really did
             config["changes"] = [*saved.get("changes", []), {"at_step": done, **changes}]
@@ -319,7 +327,11 @@ def _show_warnings() -> None:
 
 
 def main(argv=None) -> None:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    for name, value in vars(args).items():  # `--run-dir ""` would quietly mean "the default"
+        if isinstance(value, str) and not value.strip() and name != "command":
+            parser.error(f"--{name.replace('_', '-')} is empty: give a value or leave the flag out")
     debug = args.debug or os.environ.get("BERTLITE_DEBUG") == "1"
     HELD_WARNINGS.clear()
     try:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
+import re
 import shutil
 import tarfile
 import tempfile
@@ -53,7 +54,7 @@ def fetch(url: str, dest, checksum: str, algorithm: str = "sha256", timeout: flo
         raise OSError(f"{url!r} is not an https://, http:// or file:// address")
     remove_stale_temporaries(dest.parent)
     end = time.monotonic() + deadline
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".download-")
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=DOWNLOAD_PREFIX)
     try:
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as r:
             status = getattr(r, "status", None)
@@ -97,11 +98,17 @@ def fetch_verified(mirrors, dest, checksum: str, algorithm: str = "sha256", time
                        + ("\n" + hint if hint else ""))
 
 
+# Temporary names no one else would choose, and the exact shape tempfile gives them (8 random
+# characters): the data folder may be the user's own, so only these are ever cleaned up.
+DOWNLOAD_PREFIX, EXTRACT_PREFIX = ".bertlite-download-", ".bertlite-extract-"
+_OURS = re.compile(rf"({re.escape(DOWNLOAD_PREFIX)}|{re.escape(EXTRACT_PREFIX)})[a-z0-9_]{{8}}")
+
+
 def remove_stale_temporaries(folder, age: float = 3600.0) -> None:
-    """Delete our own leftovers in `folder` (`.download-*` files and `.extract-*` folders of a
+    """Delete our own leftovers in `folder` (the download files and extraction folders of a
     process that was killed) once untouched for `age` seconds: a younger one may be in use."""
     for p in Path(folder).iterdir() if Path(folder).is_dir() else ():
-        if p.name.startswith((".download-", ".extract-")) and time.time() - p.stat().st_mtime > age:
+        if _OURS.fullmatch(p.name) and time.time() - p.stat().st_mtime > age:
             shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
 
 
@@ -116,7 +123,7 @@ def building(target):
     if target.exists():
         raise FileExistsError(f"{target} already exists: delete it first")
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".extract-"))
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=EXTRACT_PREFIX))
     try:
         yield tmp
         os.replace(tmp, target)  # the folder appears whole or not at all

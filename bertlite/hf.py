@@ -12,9 +12,7 @@ import json
 from pathlib import Path
 from typing import NamedTuple
 
-import torch
-
-from .checks import load_safetensors, read_json, require_keys
+from .checks import load_safetensors, load_torch, read_json, require_keys
 from .model import BERTConfig, BERTModel
 
 HEADS = ("pooler.", "mlm.", "nsp.")  # absent from a plain BertModel checkpoint
@@ -98,7 +96,7 @@ def _read_state(folder: Path) -> dict:
     if (folder / "model.safetensors").exists():
         return load_safetensors(folder / "model.safetensors")
     if (folder / "pytorch_model.bin").exists():  # a pickle: never run code from it
-        return torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
+        return load_torch(folder / "pytorch_model.bin")  # one line for a cut or hostile file
     raise FileNotFoundError(f"{folder} has neither model.safetensors nor pytorch_model.bin")
 
 

@@ -20,9 +20,23 @@ except ImportError:  # Windows: no lock, the other rules still hold
 MARKER = ".bertlite-run"  # written when bertlite creates a run; also the file that is locked
 
 
-def check_new_run_dir(run_dir) -> None:
+def _in_use(run_dir: Path) -> bool:
+    """Whether another process holds the lock of `claiming` on this run folder now."""
+    if fcntl is None or not (run_dir / MARKER).is_file():
+        return False
+    with open(run_dir / MARKER) as mark:
+        try:
+            fcntl.flock(mark, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(mark, fcntl.LOCK_UN)
+    return False
+
+
+def check_new_run_dir(run_dir, held: bool = False) -> None:
     """Raise unless a new run may be written into `run_dir`: a folder that does not exist yet,
-    an empty folder, or a run folder of ours that stopped before it recorded anything."""
+    an empty folder, or a run folder of ours that stopped before it recorded anything.
+    `held`: this process holds the folder's lock already (`claiming`)."""
     run_dir = Path(run_dir)
     if not run_dir.exists():
         return
@@ -35,6 +49,9 @@ def check_new_run_dir(run_dir) -> None:
     if names and MARKER not in names:
         raise FileExistsError(f"--run-dir {run_dir} is a folder bertlite did not create and it "
                               "is not empty: give a new or empty folder")
+    if not held and _in_use(run_dir):  # a live run: never suggest deleting it
+        raise RuntimeError(f"{run_dir} is being written by another bertlite process (pid in its "
+                           f"{MARKER}): wait for it to finish, or give another --run-dir")
     metrics = run_dir / "metrics.jsonl"
     if metrics.exists() and metrics.stat().st_size:
         raise FileExistsError(f"{run_dir} holds the metrics of a run that stopped before its "
@@ -57,7 +74,7 @@ def claiming(run_dir, new: bool):
                                    "(pid in its .bertlite-run): wait for it to finish, or give "
                                    "another folder") from None
         if new:
-            check_new_run_dir(run_dir)
+            check_new_run_dir(run_dir, held=True)
         mark.truncate(0)
         mark.write(f"a bertlite run, written by pid {os.getpid()}; continue it with "
                    f"`python -m bertlite pretrain --resume {run_dir}`\n")

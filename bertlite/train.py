@@ -23,8 +23,8 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
-from .checks import (check_choice, check_range, check_types, load_safetensors, load_torch,
-                     write_atomic)
+from .checks import (ConfigError, check_choice, check_range, check_types, load_safetensors,
+                     load_torch, write_atomic)
 from .loss import fused_mlm_loss, nsp_accuracy, nsp_loss, pretrain_loss
 from .model import BERTConfig, BERTModel, evaluating
 from .rundir import Interrupted, stopping_on_signals
@@ -104,9 +104,22 @@ def make_optimizer(named_parameters, cfg: TrainConfig) -> torch.optim.Optimizer:
     raise ValueError(f"unknown optimizer {cfg.optimizer!r}; choose 'adam' or 'adamw'")
 
 
+def launched_as() -> tuple[int, int]:
+    """(rank, world size) as torchrun's environment says: (0, 1) unless WORLD_SIZE is above 1.
+    The command line and the trainer both read it here, so they agree on who writes files."""
+    names = {"WORLD_SIZE": "1", "RANK": "0"}
+    try:
+        world, rank = (int(os.environ.get(k, d)) for k, d in names.items())
+    except ValueError:
+        got = ", ".join(f"{k}={os.environ.get(k)!r}" for k in names if k in os.environ)
+        raise ConfigError(f"{got}: torchrun sets WORLD_SIZE and RANK to whole numbers; unset them "
+                          "to train in one process, or launch with torchrun") from None
+    return (0, 1) if world <= 1 else (rank, world)
+
+
 def _distributed() -> tuple[int, int, int]:
     """(rank, world size, local rank); joins the process group when launched by torchrun."""
-    if "WORLD_SIZE" not in os.environ or int(os.environ["WORLD_SIZE"]) == 1:
+    if launched_as()[1] == 1:
         return 0, 1, 0
     if not dist.is_initialized():
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")

@@ -12,7 +12,7 @@ import zipfile
 from pathlib import Path
 
 from .checks import read_utf8
-from .download import digest, fetch_verified, remove_stale_temporaries
+from .download import EXTRACT_PREFIX, digest, fetch_verified, remove_stale_temporaries
 
 SPLITS = ("train", "valid", "test")
 SHIPPED = "tinywiki"  # the small corpus written for this project, in data/tinywiki/
@@ -119,7 +119,7 @@ def _extract(archive: Path, target: Path, expected: dict[str, str]) -> None:
     nor is anything else there: the folder may hold the user's own files."""
     try:
         with zipfile.ZipFile(archive) as zf, tempfile.TemporaryDirectory(
-                dir=target.parent, prefix=".extract-") as tmp:
+                dir=target.parent, prefix=EXTRACT_PREFIX) as tmp:
             missing = [s for s in expected if not (target / f"wiki.{s}.tokens").exists()]
             for split in missing:
                 member = f"wikitext-2/wiki.{split}.tokens"

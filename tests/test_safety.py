@@ -116,6 +116,21 @@ def locked(tmp):
     return ["--resume", tmp / "run"]
 
 
+def live_without_checkpoint(tmp):  # a run being trained that has not checkpointed yet
+    stopped_early(tmp)
+    locked(tmp)  # held by "another process"
+    return ["--run-dir", tmp / "run"]
+
+
+def hf_folder_with_garbage_weights(tmp):
+    write(tmp / "hf" / "config.json", json.dumps({"vocab_size": 7, "hidden_size": 8,
+                                                   "intermediate_size": 16, "num_attention_heads": 2,
+                                                   "num_hidden_layers": 1}))
+    write(tmp / "hf" / "vocab.txt", "[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\nthe\na\n")
+    write(tmp / "hf" / "pytorch_model.bin", bytes(range(256)) * 4)
+    return ["--init-from", tmp / "hf"]
+
+
 def not_ours(tmp):
     write(tmp / "saved" / "config.json", "{}")
     write(tmp / "saved" / "model.pt", b"weights")
@@ -201,6 +216,14 @@ CASES = [
     ("run-dir holds a run", lambda t: ["--run-dir", t / "run"], True, 1, "--resume"),
     ("run-dir holds a run that stopped early", stopped_early, True, 1, "metrics"),
     ("run-dir locked by another run", locked, True, 1, "another bertlite process"),
+    # A live run before its first checkpoint: told apart from a dead one (whose folder may go)
+    ("run-dir of a live run without checkpoint", live_without_checkpoint, True, 1,
+     "another bertlite process"),
+    ("run-dir empty", flags("--run-dir", ""), False, 2, "--run-dir"),
+    ("dataset empty", flags("--dataset="), False, 2, "--dataset"),
+    ("seq-len 0", flags("--seq-len", "0"), False, 2, "--seq-len"),
+    ("init-from weights that are not a pickle of tensors", hf_folder_with_garbage_weights, False, 1,
+     "pytorch_model.bin"),
     # Resuming.
     ("resume a missing folder", lambda t: ["--resume", t / "nowhere"], False, 1, "nowhere"),
     ("resume a folder without checkpoint", lambda t: (write(t / "r/x", ""), ["--resume", t / "r"])[1],
@@ -244,6 +267,7 @@ CASES = [
     ("resume with another seed", resume("--seed", "5"), True, 1, "--seed"),
     ("resume with new pairs added", resume("--dynamic-pairs"), True, 1, "--dynamic-pairs"),
     ("resume with fewer steps", resume("--steps", "1"), True, 2, "--steps"),
+    ("resume into another run-dir", resume("--run-dir", "elsewhere"), True, 1, "--run-dir"),
     ("resume with a bad flag", resume("--lr", "-1"), True, 2, "--lr"),
 ]
 
@@ -264,6 +288,31 @@ def test_bad_input_gives_one_line_and_changes_nothing(name, setup, needs_run, st
     assert len(lines) == 1 and lines[0].startswith("error: ") and named in lines[0], err
     assert snapshot(tmp_path, TINY) == before  # nothing written, nothing deleted
     assert not (tmp_path / "pwned").exists()
+
+
+def test_rank_without_world_size_is_one_process(tmp_path, capsys, monkeypatch):
+    """RANK alone (no WORLD_SIZE above 1) is not torchrun: the command line checks and claims
+    the run folder, as the trainer, which reads WORLD_SIZE, then writes into it."""
+    monkeypatch.setenv("RANK", "1")
+    write(tmp_path / "theirs" / "loss.png", "my own plot")
+    code, out, err = run_main(capsys, ["pretrain", "--run-dir", tmp_path / "theirs", "--steps", "1", *SMALL])
+    assert code == 1 and "did not create" in err
+    assert (tmp_path / "theirs" / "loss.png").read_text() == "my own plot"
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "abc")
+    code, out, err = run_main(capsys, ["pretrain", "--run-dir", tmp_path / "r", "--steps", "1", *SMALL])
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "RANK='abc'" in err
+
+
+def test_resume_on_moved_data_says_so_and_records_it(good_run, tmp_path, capsys):
+    shutil.copytree(good_run, tmp_path / "run")
+    shutil.copytree(TINY, tmp_path / "moved" / "tinywiki")
+    code, out, err = run_main(capsys, ["pretrain", "--resume", tmp_path / "run", "--steps", "3",
+                                       "--data-dir", tmp_path / "moved", "--no-progress"])
+    assert code == 0, err
+    assert f"--data-dir {tmp_path / 'moved'} instead of the run's" in out
+    changes = json.loads((tmp_path / "run/config.json").read_text())["changes"]
+    assert changes == [{"at_step": 2, "steps": 3, "data_dir": str(tmp_path / "moved")}]
 
 
 def test_at_least_sixty_cases():
@@ -428,13 +477,20 @@ def test_bad_url_scheme_and_old_temporaries(tmp_path):
     with pytest.raises(RuntimeError) as e:
         fetch_verified(["notaurl", "ftp2://x/y.zip"], tmp_path / "a.zip", "0" * 64)
     assert "notaurl" in one_line(e.value) and "\n" not in one_line(e.value)
-    old, young = tmp_path / ".download-old", tmp_path / ".extract-young"
+    old, young = tmp_path / ".bertlite-download-k2x_9abc", tmp_path / ".bertlite-extract-young123"
     write(old, "left by a killed download")
     young.mkdir()
-    os.utime(old, (time.time() - 7200,) * 2)
+    # The user's own files, however old and however named, are never ours to delete
+    theirs = [tmp_path / ".download-list.txt", tmp_path / ".extract-photos", tmp_path / ".bertlite-download-notes.txt"]
+    write(theirs[0], "mine")
+    (theirs[1] / "img").mkdir(parents=True)
+    write(theirs[2], "mine too")
+    for p in (old, *theirs):
+        os.utime(p, (time.time() - 7200,) * 2)
     write(tmp_path / "src", "data")
     fetch((tmp_path / "src").as_uri(), tmp_path / "dst", hashlib.sha256(b"data").hexdigest())
     assert not old.exists() and young.exists() and (tmp_path / "dst").read_text() == "data"
+    assert all(p.exists() for p in theirs) and (theirs[1] / "img").is_dir()
 
 
 # Real signals to a real process, then a resume; and a full disk.
