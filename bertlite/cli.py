@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -140,13 +141,41 @@ DATA_FLAGS = {"dataset": ("name", "tinywiki"), "seq_len": ("max_len", 64),
               "vocab_file": ("vocab_file", None), "init_from": ("init_from", None)}
 
 
+# The data section of a run's config.json: each key's type (None allowed where listed) and choices.
+SAVED_DATA = {"name": (str,), "data_dir": (str, None), "max_len": (int,), "min_freq": (int, None),
+              "seed": (int,), "vocab_size": (int, None), "vocab_file": (str, None),
+              "init_from": (str, None), "pair_task": ("nsp", "sop"), "tokenizer": ("word", "wordpiece"),
+              "masking": tuple(MASKING)}
+
+
+def _sha256(path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _check_saved_data(data, path) -> None:
+    """One line naming `path` for an edited or foreign value, before it reaches the data code."""
+    if not isinstance(data, dict) or not isinstance(data.get("name"), str):
+        raise ValueError(f"{path}: data is {data!r}: not a bertlite run, or edited")
+    for key, allowed in SAVED_DATA.items():
+        if key not in data or key == "name":
+            continue
+        value, types = data[key], tuple(a for a in allowed if isinstance(a, type))
+        ok = (value is None and None in allowed) or (
+            isinstance(value, types) and not isinstance(value, bool) if types else value in allowed)
+        if not ok:
+            raise ValueError(f"{path}: data.{key} is {value!r}, expected "
+                             f"{' or '.join(a.__name__ if isinstance(a, type) else repr(a) for a in allowed)}"
+                             ": not a bertlite run, or edited")
+
+
 def _resume_config(args):
     """(data, model config, train config, saved config.json) of the run in `args.resume`.
     Model and data flags must repeat the run's values; training flags change it (recorded)."""
     from .data import default_min_freq
     run_dir = Path(args.resume)
     if not run_dir.is_dir():
-        raise FileNotFoundError(f"--resume {run_dir}: no such folder, nothing to resume")
+        raise FileNotFoundError(f"--resume {run_dir}: " + ("a file, not a run folder" if
+                                run_dir.exists() else "no such folder, nothing to resume"))
     if not (run_dir / "checkpoint.pt").is_file():
         raise FileNotFoundError(f"{run_dir}/checkpoint.pt not found: nothing to resume (start "
                                 f"a new run with --run-dir)")
@@ -156,6 +185,7 @@ def _resume_config(args):
     saved = read_json(run_dir / "config.json", ("data", "model", "train"))
     model_cfg = BERTConfig.from_file(run_dir / "config.json", "model")
     data = dict(saved["data"])  # a copy: `saved` stays what the run was
+    _check_saved_data(data, run_dir / "config.json")
     for key in ("dynamic_masking", "dynamic_pairs"):  # a typo here would train silently wrong
         if not isinstance(data.get(key, False), bool):
             raise ValueError(f"{run_dir}/config.json: data.{key} is {data[key]!r}, not true or "
@@ -204,11 +234,26 @@ def pretrain(args) -> dict:
     if args.resume:  # everything comes from the run's own config.json; flags may extend --steps
         run_dir = Path(args.resume)
         data, model_cfg, train_cfg, saved = _resume_config(args)
-        done = load_checkpoint(run_dir / "checkpoint.pt")["step"]  # readable, before any work
+        state = load_checkpoint(run_dir / "checkpoint.pt")  # readable, before any work
+        done = state["step"]
+        if not isinstance(done, int) or isinstance(done, bool) or done < 0:
+            raise ValueError(f"{run_dir}/checkpoint.pt: step is {done!r}, not a count of steps: "
+                             "not a bertlite checkpoint, or edited")
+        try:  # the weights must be this run's model, or config.json is rewritten for nothing
+            BERTModel(model_cfg).load_state_dict(state["model"])
+        except (RuntimeError, TypeError, AttributeError) as e:
+            first = next((x.strip() for x in str(e).splitlines()[1:] if x.strip()), str(e))[:240]
+            raise ValueError(f"{run_dir}/checkpoint.pt does not hold the model of its config.json "
+                             f"({first}): not this run's checkpoint, or edited") from None
+        del state
         if train_cfg.steps < done:
             raise ConfigError(f"--steps {train_cfg.steps} is less than the {done} steps this run "
                               "has trained: give more, or leave --steps out")
         vocab = load_vocab(run_dir / "vocab.txt", size=model_cfg.vocab_size)  # word or WordPiece
+        if saved.get("vocab_sha256") not in (None, _sha256(run_dir / "vocab.txt")):
+            raise ValueError(f"{run_dir}/vocab.txt is not the file this run started with (its "
+                             "sha256 differs from config.json's vocab_sha256): restore it; under a "
+                             "trained model an edited vocabulary maps ids to other words")
     else:
         shipped = (args.dataset or "tinywiki") == "tinywiki"
         if args.dynamic_pairs and args.dynamic_masking is False:
@@ -222,6 +267,13 @@ def pretrain(args) -> dict:
                 "masking": args.masking or "token", "tokenizer": args.tokenizer or "word",
                 "vocab_size": args.vocab_size, "vocab_file": args.vocab_file}
         train_cfg = TrainConfig(**{**(SHIPPED_DEFAULTS if shipped else {}), **_given(args, TrainConfig)})
+        if args.min_freq is not None and (args.vocab_file or args.tokenizer == "wordpiece"):
+            raise ConfigError("--min-freq sets which words enter a word vocabulary built from the "
+                              "corpus: it does nothing with --vocab-file or --tokenizer wordpiece; "
+                              "drop it")
+        if getattr(args, "download", False) and shipped:
+            raise ConfigError("--download fetches WikiText-2; the shipped tinywiki needs no "
+                              "download: drop --download, or add --dataset wikitext-2")
         vocab = None
         if args.init_from:  # the checkpoint fixes the model and the vocabulary
             clash = [flag(k) for k in ("preset", "tokenizer", "vocab_size", "vocab_file", "min_freq",
@@ -258,6 +310,7 @@ def pretrain(args) -> dict:
     val_data = load_pretrain_dataset(data["max_len"], data["name"], "valid", data["data_dir"],
                                      vocab=train_data.vocab, seed=0,
                                      pair_task=data.get("pair_task", "nsp"))
+    _warn_about_data(train_data, val_data, train_cfg.batch_size)
     _show_warnings()
     print(f"data: {len(train_data)} training pairs, {len(val_data)} validation pairs, "
           f"vocabulary {len(train_data.vocab)} ({time.perf_counter() - t0:.2f} s)")
@@ -278,6 +331,7 @@ def pretrain(args) -> dict:
         if rank0:
             if not args.resume:
                 train_data.vocab.save(run_dir / "vocab.txt")
+                config["vocab_sha256"] = _sha256(run_dir / "vocab.txt")  # checked on --resume
             write_atomic(run_dir / "config.json", json.dumps(config, indent=2) + "\n")
         torch.manual_seed(train_cfg.seed)
         net = init_net if init_net is not None else BERTModel(model_cfg)
@@ -315,6 +369,26 @@ def data_summary(args) -> None:
     print(f"{args.dataset}: {len(ds)} sentence pairs of at most {args.seq_len} tokens, vocabulary "
           f"{len(ds.vocab)}, {ds.nsp_labels.mean():.1%} 'is next', "
           f"{ds.arrays['mlm_weights'].sum(1).mean():.2f} predictions per pair, built in {seconds:.2f} s")
+
+
+def _warn_about_data(train_data, val_data, batch_size: int) -> None:
+    """Warnings (not errors: a tiny experiment may want this) for data a run learns little from."""
+    import torch
+
+    from .masking import token_id
+    v = train_data.vocab
+    tokens, lens = train_data.arrays["tokens"], train_data.arrays["valid_lens"]
+    real = torch.arange(tokens.shape[1]) < lens[:, None]
+    share = ((tokens == token_id(v, v.unk_token)) & real).sum().item() / max(1, real.sum().item())
+    if share > 0.3:
+        warnings.warn(f"{share:.0%} of the training tokens are {v.unk_token}: the vocabulary "
+                      "does not fit this corpus (another --vocab-file, or a larger --vocab-size)")
+    if len(train_data) < batch_size:
+        warnings.warn(f"only {len(train_data)} training pairs, fewer than --batch-size "
+                      f"{batch_size}: every step sees all of them")
+    if len(val_data) < 20:
+        warnings.warn(f"only {len(val_data)} validation pairs: validation figures will be mostly "
+                      "noise (longer --seq-len, or a bigger corpus)")
 
 
 HELD_WARNINGS: list[str] = []

@@ -331,7 +331,8 @@ TOKENIZERS = ("word", "wordpiece")
 def _word_vocab_file(path) -> Vocab:
     """A word vocabulary written by `Vocab.save` (a run's or a saved model's vocab.txt)."""
     if not Path(path).is_file():
-        raise FileNotFoundError(f"--vocab-file {path}: no such file")
+        what = "a folder; give its vocab.txt" if Path(path).is_dir() else "no such file"
+        raise FileNotFoundError(f"--vocab-file {path}: {what}")
     if not is_word_vocab_file(path):
         raise ValueError(f"--vocab-file {path} is not a bertlite word vocabulary (its first line "
                          "is not <pad>); for a BERT vocab.txt add --tokenizer wordpiece")
@@ -358,10 +359,12 @@ def make_tokenizer(text: str, tokenizer: str = "word", vocab_size: int | None = 
         return None if vocab_file is None else _word_vocab_file(vocab_file)
     if (vocab_size is None) == (vocab_file is None):
         raise ConfigError("--tokenizer wordpiece needs one of --vocab-size N (train a vocabulary) "
-                          "or --vocab-file F (a vocab.txt)")
+                          "or --vocab-file F (a vocab.txt)"
+                          + (", not both: drop one" if vocab_file is not None else ""))
     if vocab_file is not None:
         if not Path(vocab_file).is_file():
-            raise FileNotFoundError(f"--vocab-file {vocab_file}: no such file")
+            what = "a folder; give its vocab.txt" if Path(vocab_file).is_dir() else "no such file"
+            raise FileNotFoundError(f"--vocab-file {vocab_file}: {what}")
         try:
             return WordPieceTokenizer.from_vocab_file(vocab_file)
         except ValueError as e:  # a file that is not a BERT vocab.txt: say which file

@@ -108,7 +108,11 @@ def load_hf_checkpoint(folder) -> tuple[BERTModel, LoadReport]:
     """
     folder = Path(folder)
     path = folder / "config.json"
-    config = config_from_hf(require_keys(read_json(path), HF_SIZES, path, "not a BERT config.json"))
+    hf = require_keys(read_json(path), HF_SIZES, path, "not a BERT config.json")
+    try:
+        config = config_from_hf(hf)
+    except (TypeError, ValueError) as e:  # its values, not the user's flags: name the file
+        raise ValueError(f"{path}: {e}: not a usable BERT config.json") from None
     net = BERTModel(config)
     ours = net.state_dict()
     names = hf_name_map(config.layers)

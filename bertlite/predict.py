@@ -56,8 +56,11 @@ def fill_mask(model, vocab_or_tokenizer, text: str, top_k: int = 5, text_pair: s
     MLM head runs at the masked positions only, through the model's `pred_positions`.
     Explained in notebooks/08_fill_mask.ipynb.
     """
-    if not isinstance(top_k, int) or top_k < 1:
+    if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1:  # True is an int
         raise ValueError(f"top_k must be a positive integer, got {top_k!r}")
+    for name, value in (("text", text), ("text_pair", text_pair)):
+        if not isinstance(value, str) and (name == "text" or value is not None):
+            raise TypeError(f"{name} must be a string, got {type(value).__name__}")
     tok = vocab_or_tokenizer  # the tokenizer interface: bertlite.inputs.Tokenizer
     mask, cls, sep = tok.mask_token, tok.cls_token, tok.sep_token
     tokens_a = _tokenize(text, mask, tok.tokenize)

@@ -38,6 +38,9 @@ def check_new_run_dir(run_dir, held: bool = False) -> None:
     an empty folder, or a run folder of ours that stopped before it recorded anything.
     `held`: this process holds the folder's lock already (`claiming`)."""
     run_dir = Path(run_dir)
+    above = next((p for p in run_dir.parents if p.exists()), None)
+    if above is not None and not above.is_dir():  # found now, not after building the data
+        raise NotADirectoryError(f"--run-dir {run_dir}: {above} is a file, not a folder")
     if not run_dir.exists():
         return
     if not run_dir.is_dir():

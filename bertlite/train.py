@@ -63,9 +63,10 @@ class TrainConfig:
     def __post_init__(self):  # a wrong value fails here, not as a silently wrong run
         check_types(self)
         for name in ("steps", "batch_size"):
-            check_range(self, name, 1)
-        for name in ("warmup_steps", "eval_every", "checkpoint_every", "seed"):
+            check_range(self, name, 1, 2**31 - 1)  # past it, torch and Python fail obscurely
+        for name in ("warmup_steps", "eval_every", "checkpoint_every"):
             check_range(self, name, 0)
+        check_range(self, "seed", 0, 2**63 - 1, why="torch's seeds are 64-bit")
         check_range(self, "lr", 0, low_open=True)
         check_range(self, "weight_decay", 0)
         check_range(self, "clip_grad", 0, why="0 turns clipping off; a negative norm ascends")
@@ -382,10 +383,12 @@ def train_bert(net: BERTModel, train_data, cfg: TrainConfig, val_data=None, run_
                 optimizer_step(loss.total * world, optimizer, scaler, net.parameters(), cfg.clip_grad)
                 metrics = _all_sum(torch.stack(loss[1:]).detach().float()).tolist()
                 if not math.isfinite(metrics[0] + metrics[1]):  # never save NaN weights as a run
+                    kept = ("the last checkpoint is kept" if run_dir is not None and
+                            (Path(run_dir) / "checkpoint.pt").exists() else "no checkpoint written")
                     raise FloatingPointError(
                         f"the loss became {metrics[0] + metrics[1]} at step {step + 1}: training "
-                        "diverged and was stopped (the last checkpoint is kept); lower --lr, or "
-                        "clip gradients with --clip-grad 1")
+                        f"diverged and was stopped ({kept}); lower --lr, or clip gradients with "
+                        "--clip-grad 1")
                 step += 1
                 now = time.perf_counter()
                 pairs, stop = totals[1:].tolist()

@@ -260,3 +260,11 @@ def test_next_sentence_probability_matches_hugging_face(tmp_path, transformers):
     ours = WordPieceTokenizer.from_vocab_file(tmp_path / "vocab.txt")   # bertlite's own tokenizer too
     for t in (tok, ours):
         assert next_sentence_probability(net, t, a, b) == pytest.approx(ref, abs=1e-5)
+
+
+@pytest.mark.parametrize("kwargs,error", [({"top_k": True}, ValueError), ({"top_k": 0}, ValueError),
+                                          ({"text": None}, TypeError), ({"text_pair": 5}, TypeError)])
+def test_fill_mask_refuses_arguments_of_the_wrong_kind(vocab, kwargs, error):
+    args = {"text": "the <mask> bank", "top_k": 3, **kwargs}
+    with pytest.raises(error, match="top_k|text"):
+        fill_mask(tiny_model(len(vocab)), vocab, **args)

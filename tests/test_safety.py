@@ -131,6 +131,17 @@ def hf_folder_with_garbage_weights(tmp):
     return ["--init-from", tmp / "hf"]
 
 
+def checkpoint_edit(change):
+    """The good run's checkpoint with `change(state)` applied, then --resume."""
+    def setup(tmp):
+        path = tmp / "run" / "checkpoint.pt"
+        state = torch.load(path, weights_only=True)
+        change(state)
+        torch.save(state, path)
+        return ["--resume", tmp / "run"]
+    return setup
+
+
 def not_ours(tmp):
     write(tmp / "saved" / "config.json", "{}")
     write(tmp / "saved" / "model.pt", b"weights")
@@ -268,6 +279,24 @@ CASES = [
     ("resume with new pairs added", resume("--dynamic-pairs"), True, 1, "--dynamic-pairs"),
     ("resume with fewer steps", resume("--steps", "1"), True, 2, "--steps"),
     ("resume into another run-dir", resume("--run-dir", "elsewhere"), True, 1, "--run-dir"),
+    ("checkpoint of another model", checkpoint_edit(lambda state: state["model"].update(
+        {"embeddings.token.weight": torch.zeros(3, 3)})), True, 1, "does not hold the model"),
+    ("checkpoint step not a number", checkpoint_edit(lambda state: state.update(step="1")), True, 1,
+     "step"),
+    ("config.json data value of the wrong type", lambda t: edit("config.json", (t / "run/config.json")
+     .read_text().replace('"max_len": 64', '"max_len": "64"'))(t), True, 1, "data.max_len"),
+    ("vocab.txt edited, same size", vocab_edit(lambda lines: lines[:5] + [lines[6], lines[5]] + lines[7:]),
+     True, 1, "vocab_sha256"),
+    ("min-freq with a vocabulary file", lambda t: ["--vocab-file", t / "run/vocab.txt", "--min-freq", "3"],
+     True, 2, "--min-freq"),
+    ("download with the shipped corpus", flags("--download"), False, 2, "--download"),
+    ("run-dir below a file", lambda t: (write(t / "f", "x"), ["--run-dir", t / "f" / "sub"])[1], False,
+     1, "is a file"),
+    ("resume a file", lambda t: (write(t / "f", "x"), ["--resume", t / "f"])[1], False, 1,
+     "not a run folder"),
+    ("vocab-file is a folder", lambda t: ["--vocab-file", t / "run"], True, 1, "give its vocab.txt"),
+    ("seed past 64 bits", flags("--seed", str(2**64)), False, 2, "--seed"),
+    ("batch size past 2**31", flags("--batch-size", str(2**40)), False, 2, "--batch-size"),
     ("resume with a bad flag", resume("--lr", "-1"), True, 2, "--lr"),
 ]
 
@@ -302,6 +331,16 @@ def test_rank_without_world_size_is_one_process(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("RANK", "abc")
     code, out, err = run_main(capsys, ["pretrain", "--run-dir", tmp_path / "r", "--steps", "1", *SMALL])
     assert code == 2 and len(err.strip().splitlines()) == 1 and "RANK='abc'" in err
+
+
+def test_data_a_run_learns_little_from_is_warned_about(tmp_path, capsys):
+    write(tmp_path / "tiny.txt", "<pad>\n<mask>\n<cls>\n<sep>\n<unk>\nthe\n")
+    code, out, err = run_main(capsys, ["pretrain", "--run-dir", tmp_path / "a", "--steps", "1",
+                                       "--vocab-file", tmp_path / "tiny.txt", *SMALL])
+    assert code == 0 and "of the training tokens are <unk>" in err
+    code, out, err = run_main(capsys, ["pretrain", "--run-dir", tmp_path / "b", "--steps", "1",
+                                       "--seq-len", "27", *SMALL, "--batch-size", "64"])
+    assert code == 0 and "only 1 validation pairs" in err and "training pairs, fewer than" in err
 
 
 def test_resume_on_moved_data_says_so_and_records_it(good_run, tmp_path, capsys):
