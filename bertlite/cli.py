@@ -235,10 +235,7 @@ def pretrain(args) -> dict:
         run_dir = Path(args.resume)
         data, model_cfg, train_cfg, saved = _resume_config(args)
         state = load_checkpoint(run_dir / "checkpoint.pt")  # readable, before any work
-        done = state["step"]
-        if not isinstance(done, int) or isinstance(done, bool) or done < 0:
-            raise ValueError(f"{run_dir}/checkpoint.pt: step is {done!r}, not a count of steps: "
-                             "not a bertlite checkpoint, or edited")
+        done = state["step"]  # load_checkpoint checked its parts
         try:  # the weights must be this run's model, or config.json is rewritten for nothing
             BERTModel(model_cfg).load_state_dict(state["model"])
         except (RuntimeError, TypeError, AttributeError) as e:

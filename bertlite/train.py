@@ -175,8 +175,20 @@ def save_checkpoint(path, net: BERTModel, optimizer, scaler, step: int, cfg: Tra
 
 
 def load_checkpoint(path, map_location="cpu") -> dict:
-    """A checkpoint written by `save_checkpoint` (no pickled code is run)."""
-    return load_torch(path, map_location, keys=("model", "optimizer", "scaler", "step", "history"))
+    """A checkpoint written by `save_checkpoint` (no pickled code is run), its parts checked:
+    an edited or foreign one is one line naming the file, not a traceback on resuming."""
+    state = load_torch(path, map_location, keys=("model", "optimizer", "scaler", "step", "history",
+                                                 "torch_rng"))
+    step, rng, optimizer = state["step"], state["torch_rng"], state["optimizer"]
+    wrong = [k for k, kind in (("model", dict), ("scaler", dict), ("history", list))
+             if not isinstance(state[k], kind)]
+    wrong += ["step"] * (not isinstance(step, int) or isinstance(step, bool) or step < 0)
+    wrong += ["torch_rng"] * (not isinstance(rng, torch.Tensor) or rng.dtype != torch.uint8)
+    wrong += ["optimizer"] * (not isinstance(optimizer, dict) or "param_groups" not in optimizer)
+    if wrong:
+        raise ValueError(f"{path}: {', '.join(wrong)} not as save_checkpoint writes them: not a "
+                         "bertlite checkpoint, or edited; restore it or train again")
+    return state
 
 
 def model_from_checkpoint(path) -> BERTModel:

@@ -251,8 +251,9 @@ def test_cli_flags_reach_the_datasets_and_survive_resume(tmp_path, monkeypatch, 
 
     def train(net, train_data, cfg, val_data, run_dir, resume, progress, eval_first=False):
         # --resume reads the checkpoint (step, weights) before it builds any data: an empty one is refused
-        torch.save({"model": net.state_dict(), "optimizer": {}, "scaler": {}, "step": 1,
-                    "history": []}, run_dir / "checkpoint.pt")
+        torch.save({"model": net.state_dict(), "optimizer": {"param_groups": []}, "scaler": {},
+                    "step": 1, "history": [], "torch_rng": torch.get_rng_state()},
+                   run_dir / "checkpoint.pt")
         return [{"step": 1, "lr": cfg.lr, "pairs_per_s": 1.0, "seconds": 1.0,
                  **dict.fromkeys(("mlm_loss", "nsp_loss", "mlm_acc", "nsp_acc"), 1.0)}]
 

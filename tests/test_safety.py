@@ -283,6 +283,14 @@ CASES = [
         {"embeddings.token.weight": torch.zeros(3, 3)})), True, 1, "does not hold the model"),
     ("checkpoint step not a number", checkpoint_edit(lambda state: state.update(step="1")), True, 1,
      "step"),
+    ("checkpoint without its random state", checkpoint_edit(lambda state: state.pop("torch_rng")),
+     True, 1, "torch_rng"),
+    ("checkpoint random state of floats", checkpoint_edit(lambda state: state.update(
+        torch_rng=torch.zeros(3))), True, 1, "torch_rng"),
+    ("checkpoint history not a list", checkpoint_edit(lambda state: state.update(history="abc")),
+     True, 1, "history"),
+    ("checkpoint optimizer emptied", checkpoint_edit(lambda state: state.update(optimizer={})), True,
+     1, "optimizer"),
     ("config.json data value of the wrong type", lambda t: edit("config.json", (t / "run/config.json")
      .read_text().replace('"max_len": 64', '"max_len": "64"'))(t), True, 1, "data.max_len"),
     ("vocab.txt edited, same size", vocab_edit(lambda lines: lines[:5] + [lines[6], lines[5]] + lines[7:]),
