@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from bertlite.data import load_pretrain_dataset
 from bertlite.loss import d2l_mlm_loss, pretrain_loss
 from bertlite.model import Dropout
 from bertlite.train import TrainConfig, make_optimizer
@@ -20,6 +21,15 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"  # ../shared/da
 def wikitext2_dir():
     """The real WikiText-2 beside the checkout, or None (then the shipped corpus is used)."""
     return SHARED if (SHARED / "wikitext-2" / "wiki.train.tokens").exists() else None
+
+
+def book_batch(B=512, vocab_size=20256):
+    """(batch, corpus name): B pairs of max_len 64 from WikiText-2 (the shipped corpus without
+    it), token ids folded into the book's vocabulary size so that every model has its shape."""
+    data_dir = wikitext2_dir()
+    ds = load_pretrain_dataset(64, "wikitext-2" if data_dir else "tinywiki", data_dir=data_dir)
+    batch = {k: (v % vocab_size if k in ("tokens", "mlm_labels") else v) for k, v in ds[:B].items()}
+    return batch, "WikiText-2" if data_dir else "tinywiki"
 
 
 def timed(fn, repeat=5, warmup=1):

@@ -20,9 +20,8 @@ import resource
 
 import torch
 
-from _common import (book_optimizer, book_style, keep_freed_memory, matmul_peak, step_fn, timed_together,
-                     wikitext2_dir)
-from bertlite.data import load_pretrain_dataset
+from _common import (book_batch, book_optimizer, book_style, keep_freed_memory, matmul_peak,
+                     step_fn, timed_together)
 from bertlite.model import BERTConfig, BERTModel, Dropout
 
 
@@ -50,14 +49,11 @@ def main():
     kept = args.keep_freed_memory and keep_freed_memory()
     if args.keep_freed_memory and not kept:
         raise SystemExit("--keep-freed-memory needs glibc's malloc (Linux); run without it")
-    data_dir = wikitext2_dir()
-    ds = load_pretrain_dataset(64, "wikitext-2" if data_dir else "tinywiki", data_dir=data_dir)
-    batch = ds[:512]
+    batch, _ = book_batch()
     B, T = batch["tokens"].shape
     real = batch["mlm_weights"].sum().item() / B
     P = batch["mlm_weights"].shape[1]
     config = BERTConfig.preset("d2l", 20256)  # the book's vocabulary size, as in its figures
-    batch = {k: (v % 20256 if k in ("tokens", "mlm_labels") else v) for k, v in batch.items()}
     peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
     print("malloc:", "freed memory kept for reuse" if kept else
           "default (freed blocks above 32 MiB go back to the kernel)")

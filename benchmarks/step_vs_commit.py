@@ -7,7 +7,8 @@ this checkout's git history with `git archive` into a temporary folder and impor
 of its own, beside today's `bertlite`. Both build the book's model (the d2l preset, vocabulary
 20256, dropout 0.2) from the same seed and take Adam steps on the same WikiText-2 batch (512
 pairs, max_len 64), each with its own fused MLM loss and its own trainer's Adam, timed in turns
-(old, new, old, new, ...), so the machine's drifting speed moves both alike. Prints the matmul peaks, pairs/s and the ratio.
+(old, new, old, new, ...), so the machine's drifting speed moves both alike. Prints the matmul
+peaks, pairs/s and the ratio.
 Works for commits whose model takes `mlm_logits=False`, whose loss takes the decoder (the
 fused loss, since 2026-11) and whose trainer has `make_optimizer`.
 """
@@ -21,9 +22,8 @@ from pathlib import Path
 
 import torch
 
-from _common import matmul_peak, step_fn, timed_together, wikitext2_dir
+from _common import book_batch, matmul_peak, step_fn, timed_together
 import bertlite.model
-from bertlite.data import load_pretrain_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -60,14 +60,11 @@ def main():
     args = parser.parse_args()
     if args.repeat < 1:
         parser.error(f"--repeat {args.repeat}: give at least 1 step to time")
-    data_dir = wikitext2_dir()
-    ds = load_pretrain_dataset(64, "wikitext-2" if data_dir else "tinywiki", data_dir=data_dir)
-    batch = {k: (v % 20256 if k in ("tokens", "mlm_labels") else v) for k, v in ds[:512].items()}
+    batch, corpus = book_batch()
     with tempfile.TemporaryDirectory() as folder:
         old_model, old_loss, old_train = import_commit(args.commit, Path(folder))
         print(f"threads {torch.get_num_threads()}; matmul peak (2048^2): fp32 "
               f"{matmul_peak(torch.float32):.0f}, bf16 {matmul_peak(torch.bfloat16):.0f} GFLOP/s")
-        corpus = "WikiText-2" if data_dir else "tinywiki"
         print(f"batch {tuple(batch['tokens'].shape)} of {corpus}, "
               f"the book's model, dropout 0.2, Adam; {args.repeat} steps each, in turns")
         for precision in args.precision:

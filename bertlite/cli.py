@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import hashlib
 import json
 import math
 import os
@@ -22,6 +21,7 @@ import warnings
 from pathlib import Path
 
 from .checks import ConfigError, flag, one_line, read_json, write_atomic
+from .download import digest
 from .masking import MASKING
 from .model import BERTConfig
 from .rundir import Interrupted
@@ -141,15 +141,19 @@ DATA_FLAGS = {"dataset": ("name", "tinywiki"), "seq_len": ("max_len", 64),
               "vocab_file": ("vocab_file", None), "init_from": ("init_from", None)}
 
 
-# The data section of a run's config.json: each key's type (None allowed where listed) and choices.
+# The data section of a run's config.json: what each key may hold (types, None, or the choices).
 SAVED_DATA = {"name": (str,), "data_dir": (str, None), "max_len": (int,), "min_freq": (int, None),
               "seed": (int,), "vocab_size": (int, None), "vocab_file": (str, None),
-              "init_from": (str, None), "pair_task": ("nsp", "sop"), "tokenizer": ("word", "wordpiece"),
+              "init_from": (str, None), "dynamic_masking": (bool,), "dynamic_pairs": (bool,),
+              "pair_task": ("nsp", "sop"), "tokenizer": ("word", "wordpiece"),
               "masking": tuple(MASKING)}
 
 
-def _sha256(path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+def _fits(value, allowed) -> bool:
+    if value is None or not isinstance(allowed[0], type):
+        return value in allowed
+    # bool is an int to Python, but true is no sequence length
+    return isinstance(value, allowed[0]) and (allowed[0] is bool or not isinstance(value, bool))
 
 
 def _check_saved_data(data, path) -> None:
@@ -157,15 +161,11 @@ def _check_saved_data(data, path) -> None:
     if not isinstance(data, dict) or not isinstance(data.get("name"), str):
         raise ValueError(f"{path}: data is {data!r}: not a bertlite run, or edited")
     for key, allowed in SAVED_DATA.items():
-        if key not in data or key == "name":
-            continue
-        value, types = data[key], tuple(a for a in allowed if isinstance(a, type))
-        ok = (value is None and None in allowed) or (
-            isinstance(value, types) and not isinstance(value, bool) if types else value in allowed)
-        if not ok:
-            raise ValueError(f"{path}: data.{key} is {value!r}, expected "
-                             f"{' or '.join(a.__name__ if isinstance(a, type) else repr(a) for a in allowed)}"
-                             ": not a bertlite run, or edited")
+        if key in data and not _fits(data[key], allowed):
+            names = {bool: "true or false", int: "a whole number", str: "a string", None: "null"}
+            expected = " or ".join(names.get(a, repr(a)) for a in allowed)
+            raise ValueError(f"{path}: data.{key} is {data[key]!r}, not {expected}: not a "
+                             "bertlite run, or edited")
 
 
 def _resume_config(args):
@@ -185,11 +185,7 @@ def _resume_config(args):
     saved = read_json(run_dir / "config.json", ("data", "model", "train"))
     model_cfg = BERTConfig.from_file(run_dir / "config.json", "model")
     data = dict(saved["data"])  # a copy: `saved` stays what the run was
-    _check_saved_data(data, run_dir / "config.json")
-    for key in ("dynamic_masking", "dynamic_pairs"):  # a typo here would train silently wrong
-        if not isinstance(data.get(key, False), bool):
-            raise ValueError(f"{run_dir}/config.json: data.{key} is {data[key]!r}, not true or "
-                             "false: not a bertlite run, or edited")
+    _check_saved_data(data, run_dir / "config.json")  # a typo there would train silently wrong
     if data.get("dynamic_pairs") and not data.get("dynamic_masking"):
         raise ValueError(f"{run_dir}/config.json: dynamic_pairs without dynamic_masking: not a "
                          "bertlite run, or edited")
@@ -247,7 +243,7 @@ def pretrain(args) -> dict:
             raise ConfigError(f"--steps {train_cfg.steps} is less than the {done} steps this run "
                               "has trained: give more, or leave --steps out")
         vocab = load_vocab(run_dir / "vocab.txt", size=model_cfg.vocab_size)  # word or WordPiece
-        if saved.get("vocab_sha256") not in (None, _sha256(run_dir / "vocab.txt")):
+        if saved.get("vocab_sha256") not in (None, digest(run_dir / "vocab.txt")):
             raise ValueError(f"{run_dir}/vocab.txt is not the file this run started with (its "
                              "sha256 differs from config.json's vocab_sha256): restore it; under a "
                              "trained model an edited vocabulary maps ids to other words")
@@ -328,7 +324,7 @@ def pretrain(args) -> dict:
         if rank0:
             if not args.resume:
                 train_data.vocab.save(run_dir / "vocab.txt")
-                config["vocab_sha256"] = _sha256(run_dir / "vocab.txt")  # checked on --resume
+                config["vocab_sha256"] = digest(run_dir / "vocab.txt")  # checked on --resume
             write_atomic(run_dir / "config.json", json.dumps(config, indent=2) + "\n")
         torch.manual_seed(train_cfg.seed)
         net = init_net if init_net is not None else BERTModel(model_cfg)

@@ -328,11 +328,15 @@ def default_min_freq(name: str) -> int:
 TOKENIZERS = ("word", "wordpiece")
 
 
-def _word_vocab_file(path) -> Vocab:
-    """A word vocabulary written by `Vocab.save` (a run's or a saved model's vocab.txt)."""
+def _require_vocab_file(path) -> None:
     if not Path(path).is_file():
         what = "a folder; give its vocab.txt" if Path(path).is_dir() else "no such file"
         raise FileNotFoundError(f"--vocab-file {path}: {what}")
+
+
+def _word_vocab_file(path) -> Vocab:
+    """A word vocabulary written by `Vocab.save` (a run's or a saved model's vocab.txt)."""
+    _require_vocab_file(path)
     if not is_word_vocab_file(path):
         raise ValueError(f"--vocab-file {path} is not a bertlite word vocabulary (its first line "
                          "is not <pad>); for a BERT vocab.txt add --tokenizer wordpiece")
@@ -362,9 +366,7 @@ def make_tokenizer(text: str, tokenizer: str = "word", vocab_size: int | None = 
                           "or --vocab-file F (a vocab.txt)"
                           + (", not both: drop one" if vocab_file is not None else ""))
     if vocab_file is not None:
-        if not Path(vocab_file).is_file():
-            what = "a folder; give its vocab.txt" if Path(vocab_file).is_dir() else "no such file"
-            raise FileNotFoundError(f"--vocab-file {vocab_file}: {what}")
+        _require_vocab_file(vocab_file)
         try:
             return WordPieceTokenizer.from_vocab_file(vocab_file)
         except ValueError as e:  # a file that is not a BERT vocab.txt: say which file

@@ -72,12 +72,12 @@ class _LinearCrossEntropy(torch.autograd.Function):
                     scale = ws / total                                # each row's share of the loss
                     g = p.mul_((scale / total_exp)[:, None])          # softmax * scale, in place
                     g[torch.arange(e - s, device=h.device), y] -= scale  # minus the one-hot label
-                    if fp32:  # straight into the gradients, no temporaries
-                        torch.mm(g, wc, out=gh[s:e])
-                        gwt.addmm_(hc[s:e].t(), g)                    # (H+1, c) @ (c, V): no copy
-                    else:  # rounded to bf16 into the products' buffer, which is free again
+                    if not fp32:  # rounded to bf16 into the products' buffer, free again
                         g = products[:e - s].copy_(g)
-                        torch.mm(g, wc, out=gh[s:e])
+                    torch.mm(g, wc, out=gh[s:e])                      # straight into the gradient
+                    if fp32:
+                        gwt.addmm_(hc[s:e].t(), g)                    # (H+1, c) @ (c, V): no copy
+                    else:
                         gwt += torch.mm(hc[s:e].t(), g, out=part)     # summed in fp32
             gh = gh.float()
         ctx.save_for_backward(gh[:, :H], gwt[:H].t(), gwt[H])

@@ -20,6 +20,11 @@ except ImportError:  # Windows: no lock, the other rules still hold
 MARKER = ".bertlite-run"  # written when bertlite creates a run; also the file that is locked
 
 
+def _busy(run_dir) -> RuntimeError:
+    return RuntimeError(f"{run_dir} is being written by another bertlite process (pid in its "
+                        f"{MARKER}): wait for it to finish, or give another folder")
+
+
 def _in_use(run_dir: Path) -> bool:
     """Whether another process holds the lock of `claiming` on this run folder now."""
     if fcntl is None or not (run_dir / MARKER).is_file():
@@ -53,8 +58,7 @@ def check_new_run_dir(run_dir, held: bool = False) -> None:
         raise FileExistsError(f"--run-dir {run_dir} is a folder bertlite did not create and it "
                               "is not empty: give a new or empty folder")
     if not held and _in_use(run_dir):  # a live run: never suggest deleting it
-        raise RuntimeError(f"{run_dir} is being written by another bertlite process (pid in its "
-                           f"{MARKER}): wait for it to finish, or give another --run-dir")
+        raise _busy(run_dir)
     metrics = run_dir / "metrics.jsonl"
     if metrics.exists() and metrics.stat().st_size:
         raise FileExistsError(f"{run_dir} holds the metrics of a run that stopped before its "
@@ -73,9 +77,7 @@ def claiming(run_dir, new: bool):
             try:
                 fcntl.flock(mark, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                raise RuntimeError(f"{run_dir} is being written by another bertlite process "
-                                   "(pid in its .bertlite-run): wait for it to finish, or give "
-                                   "another folder") from None
+                raise _busy(run_dir) from None
         if new:
             check_new_run_dir(run_dir, held=True)
         mark.truncate(0)

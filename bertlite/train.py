@@ -396,7 +396,7 @@ def train_bert(net: BERTModel, train_data, cfg: TrainConfig, val_data=None, run_
                 metrics = _all_sum(torch.stack(loss[1:]).detach().float()).tolist()
                 if not math.isfinite(metrics[0] + metrics[1]):  # never save NaN weights as a run
                     kept = ("the last checkpoint is kept" if run_dir is not None and
-                            (Path(run_dir) / "checkpoint.pt").exists() else "no checkpoint written")
+                            (run_dir / "checkpoint.pt").exists() else "no checkpoint written")
                     raise FloatingPointError(
                         f"the loss became {metrics[0] + metrics[1]} at step {step + 1}: training "
                         f"diverged and was stopped ({kept}); lower --lr, or clip gradients with "
