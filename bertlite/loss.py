@@ -31,13 +31,14 @@ class _LinearCrossEntropy(torch.autograd.Function):
     Also returns sum(w * [label's logit is the largest]) / total, the accuracy, at no extra cost.
 
     Chunk by chunk of rows, the forward pass computes the logits, the loss, and right away the
-    gradient of the logits (softmax - one-hot, scaled by w / total), then the gradients of h, W
-    and b; backward only scales them. The (N, V) logits (3249 x 20256 floats for the book's
-    batch) are never stored: every chunk reuses one (chunk, V) buffer, so that memory is neither
-    written out and read back by five separate kernels nor handed over fresh by the kernel each
-    step. The bias rides along as one more column of W against a column of ones in h: the
-    products then add it in and sum its gradient, which saves two more passes over each block.
-    Under bf16 autocast the three products run in bf16, the softmax in fp32 (in a second buffer).
+    gradient of the logits, softmax - one-hot, then the gradients of h, W and b; backward only
+    scales them. The (N, V) logits (3249 x 20256 floats for the book's batch) are never stored:
+    every chunk reuses one (chunk, V) buffer for the logits, and the one-hot is subtracted from
+    the softmax in place. Each row's weight w / total is applied to the small side of each
+    product (rows of h's gradient, rows of h), never to the (chunk, V) block. The bias rides along
+    as one more column of W against a column of ones in h: the products then add it in and sum
+    its gradient. Under bf16 autocast the products and the softmax's output are bf16 (the
+    softmax computes in fp32), and W's gradient is summed over the chunks in fp32.
     """
 
     @staticmethod
@@ -49,40 +50,42 @@ class _LinearCrossEntropy(torch.autograd.Function):
         with torch.autocast(device, enabled=False):
             hc = torch.cat([h.to(dtype), h.new_ones(N, 1, dtype=dtype)], 1)        # (N, H+1)
             wc = torch.cat([weight.to(dtype), bias.to(dtype)[:, None]], 1)          # (V, H+1)
+            scale = w.float() / total                                 # each row's share of the loss
             loss, correct = torch.zeros((), device=h.device), torch.zeros((), device=h.device)
             gh = torch.zeros(N, H + 1, device=h.device, dtype=dtype)                # [dh, -]
             gwt = torch.zeros(H + 1, V, device=h.device)                            # [dW.T; db]
-            # The products in the compute dtype; the softmax in fp32, in the same buffer for fp32
+            # Buffers reused by every chunk: a fresh block this size is slow to get on the CPU
+            # (the kernel hands its pages over, zeroed, again and again)
             products = torch.empty(min(chunk, N), V, dtype=dtype, device=h.device)
-            buffer = products if fp32 else torch.empty(products.shape, device=h.device)
-            part = None if fp32 else torch.empty(H + 1, V, dtype=dtype, device=h.device)
+            probs = torch.empty(products.shape, dtype=dtype, device=h.device)
+            if not fp32:  # each chunk's W gradient in bf16, then in fp32 to be added up
+                part = torch.empty(H + 1, V, dtype=dtype, device=h.device)
+                part32 = torch.empty(H + 1, V, device=h.device)
             for s in range(0, N, chunk):
                 e = min(s + chunk, N)
-                y, ws = labels[s:e], w[s:e].float()
+                rows, y, ws = torch.arange(e - s, device=h.device), labels[s:e], scale[s:e]
                 logits = torch.mm(hc[s:e], wc.t(), out=products[:e - s])          # (c, V), bias in
-                if not fp32:
-                    logits = buffer[:e - s].copy_(logits)                         # exact in fp32
-                top = logits.amax(-1)                                 # faster than max + argmax
-                label_logit = logits.gather(1, y[:, None])[:, 0]
-                correct += ((label_logit >= top) * ws).sum()          # the label is (a) top guess
-                p = logits.sub_(top[:, None]).exp_()                  # in place: exp(logit - max)
-                total_exp = p.sum(-1)
-                loss += ((total_exp.log() - (label_logit - top)) * ws).sum()  # -log softmax at y
+                label_logit = logits[rows, y].float()
+                correct += ((label_logit >= logits.amax(-1)) * ws).sum()  # the label is (a) top guess
+                p = torch.softmax(logits, -1, out=probs[:e - s])      # one kernel, row by row
+                label_p = p[rows, y].float()
+                row_loss = -label_p.log()                             # -log softmax at the label
+                lost = label_p < 1e-30                                # underflowed: work it out
+                if lost.any():
+                    row_loss[lost] = (torch.logsumexp(logits[lost].float(), -1) - label_logit[lost])
+                loss += (row_loss * ws).sum()
                 if need_grad:
-                    scale = ws / total                                # each row's share of the loss
-                    g = p.mul_((scale / total_exp)[:, None])          # softmax * scale, in place
-                    g[torch.arange(e - s, device=h.device), y] -= scale  # minus the one-hot label
-                    if not fp32:  # rounded to bf16 into the products' buffer, free again
-                        g = products[:e - s].copy_(g)
-                    torch.mm(g, wc, out=gh[s:e])                      # straight into the gradient
+                    p[rows, y] -= 1                                   # softmax - one-hot, in place
+                    torch.mm(p, wc, out=gh[s:e])                      # rows scaled below
+                    hs = hc[s:e] * ws[:, None].to(dtype)              # rows scaled here
                     if fp32:
-                        gwt.addmm_(hc[s:e].t(), g)                    # (H+1, c) @ (c, V): no copy
+                        gwt.addmm_(hs.t(), p)                         # (H+1, c) @ (c, V): no copy
                     else:
-                        gwt += torch.mm(hc[s:e].t(), g, out=part)     # summed in fp32
-            gh = gh.float()
+                        gwt += part32.copy_(torch.mm(hs.t(), p, out=part))  # summed in fp32
+            gh = gh.float() * scale[:, None]
         ctx.save_for_backward(gh[:, :H], gwt[:H].t(), gwt[H])
         ctx.mark_non_differentiable(correct)
-        return loss / total, correct / total
+        return loss, correct
 
     @staticmethod
     def backward(ctx, grad_loss, grad_correct):

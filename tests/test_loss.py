@@ -81,6 +81,25 @@ def test_accuracy_counts_a_tie_at_the_top_as_a_hit_in_both_paths():
     assert fused.item() == plain.item() == pytest.approx(2 / 3)  # labels 0 and 1 hit, 2 misses, the 4th is padding
 
 
+def test_fused_loss_is_exact_where_the_labels_softmax_underflows():
+    # A label 200 below the top logit: its softmax is exp(-200), 0 in floats, and -log 0 would be
+    # inf. The fused loss works such rows out from the logits instead, in fp32 and under bf16.
+    decoder = torch.nn.Linear(1, 3)
+    with torch.no_grad():
+        decoder.weight.copy_(torch.tensor([[100.0], [-100.0], [0.0]]))
+        decoder.bias.zero_()
+    h = torch.ones(1, 2, 1, requires_grad=True)
+    labels, weights = torch.tensor([[1, 0]]), torch.ones(1, 2)
+    plain = mlm_loss(decoder(h), labels, weights)
+    assert plain.item() == pytest.approx(100.0)  # (200 + 0) / 2: the second label is the top
+    for bf16 in (False, True):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            fused, acc = fused_mlm_loss(h, decoder, labels, weights)
+        assert fused.item() == pytest.approx(plain.item(), rel=1e-3) and acc.item() == 0.5
+        grads = torch.autograd.grad(fused, [h, decoder.weight])
+        assert all(torch.isfinite(g).all() for g in grads)
+
+
 def test_fused_loss_under_bf16_autocast_is_close():
     torch.manual_seed(0)
     h, decoder = torch.randn(60, 32), torch.nn.Linear(32, 500)
