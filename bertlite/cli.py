@@ -14,6 +14,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import sys
 import time
 import traceback
@@ -284,6 +285,7 @@ def pretrain(args) -> dict:
         # Every model flag is checked now, before the data is built (which can take minutes).
         probe = init_net.config if init_net is not None else BERTConfig.preset(
             args.preset or "d2l", 1, **_given(args, BERTConfig))
+        _check_model_fits(probe, counted=False)  # the vocabulary is not built yet
         if args.min_freq is not None and args.min_freq < 1:
             raise ConfigError(f"--min-freq must be >= 1, got {args.min_freq}")
         if not 5 <= data["max_len"] <= probe.max_len:
@@ -318,6 +320,7 @@ def pretrain(args) -> dict:
     else:
         model_cfg = init_net.config if init_net is not None else BERTConfig.preset(
             args.preset or "d2l", len(train_data.vocab), **_given(args, BERTConfig))
+        _check_model_fits(model_cfg)
         config = {"data": data, "model": model_cfg.to_dict(), "train": dataclasses.asdict(train_cfg),
                   "preset": None if init_net is not None else args.preset or "d2l"}
     with claiming(run_dir, new=not args.resume) if rank0 else contextlib.nullcontext():
@@ -352,6 +355,32 @@ def pretrain(args) -> dict:
               f"(perplexity {u['perplexity']:.1f}), MLM accuracy {u['mlm_acc']:.3f}")
     print(f"wrote {run_dir}/: config.json vocab.txt metrics.jsonl loss.png checkpoint.pt")
     return summary
+
+
+def _check_model_fits(c: BERTConfig, counted: bool = True) -> None:
+    """Refuse a model whose training state cannot fit in this machine's memory before torch
+    tries to allocate it, naming the flag that makes it big (a typo like --max-len 1000000000).
+    `counted=False`: the vocabulary is not counted yet (its size in `c` is a stand-in)."""
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # no sysconf (Windows): let torch say it
+        return
+    parts = {  # parameters, by the flag that sets them
+        "--max-len": c.max_len * c.hidden,
+        "--vocab-size (or the vocabulary's size)":
+            c.vocab_size * c.hidden * (1 if c.tie_decoder else 2),
+        "--hidden, --ffn-hidden or --layers":
+            c.layers * (4 * c.hidden**2 + 2 * c.hidden * c.ffn_hidden),
+    }
+    need = 16 * sum(parts.values())  # weights, gradients and Adam's two moments, 4 bytes each
+    if need > memory:
+        flag_name = max(parts, key=parts.get)
+        raise ConfigError(f"the model would have about {sum(parts.values()):,} parameters: training "
+                          f"needs {need / 1e9:,.0f} GB (weights, gradients, Adam's two moments), "
+                          f"this machine has {memory / 1e9:,.0f} GB; most of it comes from "
+                          f"{flag_name} (max_len {c.max_len}, "
+                          + (f"vocabulary {c.vocab_size}, " if counted else "") + f"hidden "
+                          f"{c.hidden}, ffn_hidden {c.ffn_hidden}, layers {c.layers}): lower it")
 
 
 def data_summary(args) -> None:
@@ -426,6 +455,10 @@ def main(argv=None) -> None:
     except (OSError, ValueError, RuntimeError, FloatingPointError) as e:  # the user's mistakes
         if debug:
             traceback.print_exc()
+        asked = re.search(r"can't allocate memory: you tried to allocate (\d+) bytes", str(e))
+        if asked:  # torch's own words name neither the input nor the fix
+            sys.exit(f"error: out of memory: torch could not get {int(asked[1]) / 1e9:,.1f} GB at "
+                     "once; a smaller --batch-size, --seq-len or model needs less")
         if isinstance(e, ConfigError):  # a flag out of its range: a usage error
             print(f"error: {one_line(e)}", file=sys.stderr)
             sys.exit(2)

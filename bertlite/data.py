@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import collections
 import itertools
+import warnings
 from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
@@ -374,9 +375,14 @@ def make_tokenizer(text: str, tokenizer: str = "word", vocab_size: int | None = 
     if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 1:
         raise ConfigError(f"--vocab-size must be a positive integer, got {vocab_size!r}")
     try:
-        return train_wordpiece(text, vocab_size)
+        tokenizer = train_wordpiece(text, vocab_size)
     except ValueError as e:  # below the specials and characters of the text
         raise ConfigError(f"--vocab-size: {e}") from None
+    if len(tokenizer) < vocab_size:  # training stops when no pair is seen twice any more
+        warnings.warn(f"--vocab-size {vocab_size}: this corpus gives only {len(tokenizer)} "
+                      "WordPiece tokens (no pair of pieces is seen twice more); the vocabulary "
+                      f"has {len(tokenizer)}")
+    return tokenizer
 
 
 def load_pretrain_dataset(max_len: int = 64, name: str = SHIPPED, split: str = "train",

@@ -306,6 +306,9 @@ CASES = [
     ("seed past 64 bits", flags("--seed", str(2**64)), False, 2, "--seed"),
     ("batch size past 2**31", flags("--batch-size", str(2**40)), False, 2, "--batch-size"),
     ("resume with a bad flag", resume("--lr", "-1"), True, 2, "--lr"),
+    ("max-len a billion", flags("--max-len", "1000000000"), False, 2, "from --max-len"),
+    ("hidden a million", flags("--hidden", "1000000", "--heads", "1"), False, 2,
+     "from --hidden, --ffn-hidden or --layers"),
 ]
 
 
@@ -349,6 +352,26 @@ def test_data_a_run_learns_little_from_is_warned_about(tmp_path, capsys):
     code, out, err = run_main(capsys, ["pretrain", "--run-dir", tmp_path / "b", "--steps", "1",
                                        "--seq-len", "27", *SMALL, "--batch-size", "64"])
     assert code == 0 and "only 1 validation pairs" in err and "training pairs, fewer than" in err
+
+
+def test_wordpiece_vocabulary_smaller_than_asked_is_warned_about():
+    from bertlite.data import make_tokenizer
+    with pytest.warns(UserWarning, match="--vocab-size 5000: this corpus gives only"):
+        tokenizer = make_tokenizer("the cat sat on the mat . the cat sat .", "wordpiece", 5000)
+    assert len(tokenizer) < 5000
+
+
+def test_torch_out_of_memory_is_one_line_naming_the_fix(tmp_path, capsys, monkeypatch):
+    def no_memory(*a, **k):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: "
+                           "can't allocate memory: you tried to allocate 68719476736 bytes. "
+                           "Error code 12 (Cannot allocate memory)")
+    monkeypatch.setattr("bertlite.train.train_bert", no_memory)  # cli imports it when it runs
+    code, out, err = run_main(capsys, ["pretrain", "--run-dir", tmp_path / "r", "--steps", "1",
+                                       *SMALL])
+    lines = err.strip().splitlines()
+    assert code == 1 and lines[-1] == ("error: out of memory: torch could not get 68.7 GB at once; "
+                                       "a smaller --batch-size, --seq-len or model needs less"), err
 
 
 def test_resume_on_moved_data_says_so_and_records_it(good_run, tmp_path, capsys):
