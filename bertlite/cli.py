@@ -111,7 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="use this vocab.txt: with wordpiece e.g. a real checkpoint's (cased when a "
                      "tokenizer_config.json beside it says so); with word another run's")
     pre.add_argument("--init-from", metavar="FOLDER",
-                     help="start from a saved bertlite model or a Hugging Face BERT folder (its "
+                     help="start from a saved bertlite model, another run's folder (its weights; "
+                     "--resume continues the run itself) or a Hugging Face BERT folder (its "
                      "vocab.txt is the tokenizer; missing MLM/NSP heads are created)")
     pre.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_fields(pre.add_argument_group("training (TrainConfig)"), TrainConfig)

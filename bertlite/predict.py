@@ -65,6 +65,10 @@ def fill_mask(model, vocab_or_tokenizer, text: str, top_k: int = 5, text_pair: s
     mask, cls, sep = tok.mask_token, tok.cls_token, tok.sep_token
     tokens_a = _tokenize(text, mask, tok.tokenize)
     tokens_b = None if text_pair is None else _tokenize(text_pair, mask, tok.tokenize)
+    for special in (cls, sep, getattr(tok, "pad_token", cls)):  # fill_mask adds <cls>, <sep>
+        if special in tokens_a + (tokens_b or []):
+            raise ValueError(f"the text holds {special}: leave it out (fill_mask adds {cls} and "
+                             f"{sep} itself) and pass a second sentence as text_pair=...")
     tokens, segments = tokens_and_segments(tokens_a, tokens_b, cls, sep)
     positions = [i for i, t in enumerate(tokens) if t == mask]
     if not positions:

@@ -102,6 +102,10 @@ def test_clear_errors(vocab):
     with pytest.raises(ValueError, match="vocabulary the model was trained with"):
         fill_mask(tiny_model(len(vocab) + 1), vocab, "the <mask>")
     assert fill_mask(net, vocab, "the " * 13 + "<mask>")  # 16 tokens: just fits
+    with pytest.raises(ValueError, match="holds <sep>: leave it out .* text_pair="):
+        fill_mask(net, vocab, "the cranes <mask> <sep> over the marsh")
+    with pytest.raises(ValueError, match="holds <cls>"):
+        fill_mask(net, vocab, "the <mask>", text_pair="<cls> the")
 
 
 class TinyWordPiece:

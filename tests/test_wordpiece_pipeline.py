@@ -3,6 +3,7 @@ import unicodedata
 
 import numpy as np
 import pytest
+import torch
 
 from bertlite.checks import ConfigError
 from bertlite.data import Corpus, load_pretrain_dataset, make_tokenizer
@@ -229,6 +230,14 @@ def test_cli_init_from_a_saved_model_and_a_hugging_face_folder(tmp_path, capsys)
     config = json.loads((tmp_path / "a" / "config.json").read_text())
     assert config["data"]["tokenizer"] == "word" and config["data"]["init_from"] == shipped
     main(["pretrain", "--resume", str(tmp_path / "a"), "--steps", "2", "--no-progress"])
+    # A run folder: its checkpoint's weights (not its step or optimizer: that is --resume)
+    main(["pretrain", "--run-dir", str(tmp_path / "d"), "--init-from", str(tmp_path / "a"),
+          "--steps", "1", "--batch-size", "8", "--no-progress", "--eval-every", "0",
+          "--warmup-steps", "0"])
+    from bertlite.train import load_checkpoint, load_init
+    net, _ = load_init(tmp_path / "a")
+    saved = load_checkpoint(tmp_path / "a" / "checkpoint.pt")["model"]
+    assert all(torch.equal(saved[k], v) for k, v in net.state_dict().items())
     with pytest.raises(SystemExit) as e:  # the checkpoint decides the model
         main(["pretrain", "--run-dir", str(tmp_path / "b"), "--init-from", shipped, "--hidden", "8"])
     assert "--hidden" in one_line_error(e, capsys, 2)
