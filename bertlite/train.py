@@ -253,15 +253,6 @@ def load_pretrained(folder):
     return net.eval(), vocab
 
 
-def _is_run_folder(folder: Path) -> bool:
-    """Written by the trainer: a checkpoint.pt beside a config.json with a "model" section."""
-    try:
-        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return (folder / "checkpoint.pt").is_file() and isinstance(config, dict) and "model" in config
-
-
 def _is_bertlite_folder(folder: Path) -> bool:
     """Written by `save_pretrained`: its config.json has bertlite's names (`ffn_hidden`, not
     Hugging Face's `intermediate_size`)."""
@@ -281,11 +272,9 @@ def load_init(folder) -> tuple[BERTModel, object]:
     lacks (MLM, NSP) are freshly initialised, so pre-training can go on from an encoder alone
     (all-MiniLM-L6-v2 has neither head)."""
     from .pretrained import load_tokenizer, resolve
-    if _is_run_folder(Path(folder)):
-        folder = Path(folder)
-        net = BERTModel(BERTConfig.from_file(folder / "config.json", "model"))
-        net.load_state_dict(load_checkpoint(folder / "checkpoint.pt")["model"])
-        vocab = load_vocab(folder / "vocab.txt", size=net.config.vocab_size)
+    if (Path(folder) / "checkpoint.pt").is_file():  # a run folder: the checkpoint holds the model
+        net = model_from_checkpoint(Path(folder) / "checkpoint.pt")
+        vocab = load_vocab(Path(folder) / "vocab.txt", size=net.config.vocab_size)
     elif _is_bertlite_folder(Path(folder)):
         net, vocab = load_pretrained(folder)
     else:
