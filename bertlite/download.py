@@ -74,6 +74,20 @@ def fetch(url: str, dest, checksum: str, algorithm: str = "sha256", timeout: flo
             os.remove(tmp)
 
 
+def make_folder(folder) -> Path:
+    """Create the data folder `folder` if it is missing, but only that one level: a typo in
+    `--data-dir` (`/home/me/dta/wiki`) must not plant a tree of folders on the way. Raises one
+    clear error for a path that is a file, or whose parent folder does not exist."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(f"{folder} is a file: give --data-dir a folder")
+    if not folder.exists() and not folder.parent.is_dir():
+        raise FileNotFoundError(f"data folder {folder}: its parent {folder.parent} does not exist "
+                                "(a typo in --data-dir?): create it first, or give one that exists")
+    folder.mkdir(exist_ok=True)
+    return folder
+
+
 def fetch_verified(mirrors, dest, checksum: str, algorithm: str = "sha256", timeout: float = 60.0,
                    what: str = "the archive", hint: str = "", deadline: float = 3600.0) -> Path:
     """`dest` if it is already there and verified, else the first mirror that gives a file with
@@ -86,7 +100,7 @@ def fetch_verified(mirrors, dest, checksum: str, algorithm: str = "sha256", time
             raise RuntimeError(f"{dest} exists but its {algorithm} is not {checksum}: "
                                "delete it and retry")
         return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(dest.parent)
     errors = []
     for url in mirrors:
         try:
@@ -122,7 +136,7 @@ def building(target):
     target = Path(target)
     if target.exists():
         raise FileExistsError(f"{target} already exists: delete it first")
-    target.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(target.parent)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=EXTRACT_PREFIX))
     try:
         yield tmp

@@ -51,13 +51,14 @@ def download_imdb(data_dir=None, mirrors=None, md5: str | None = None,
     target = data_dir / FOLDER
     if _installed(target):
         return target
+    if target.exists():  # incomplete, and not ours to delete: it may hold someone's own files
+        raise FileExistsError(f"{target} exists but lacks some of {{train,test}}/{{pos,neg}}/: "
+                              "move it away or delete it, then retry (bertlite extracts a new one)")
     archive = fetch_verified(mirrors or IMDB_MIRRORS, data_dir / ARCHIVE, md5 or IMDB_MD5, "md5",
                              timeout, what="the IMDB reviews", hint=_hint(data_dir))
-    if target.exists():
-        shutil.rmtree(target)  # a partial folder from someone's manual attempt
     n = extract_tar(archive, target, _select)
     if not _installed(target):
-        shutil.rmtree(target)
+        shutil.rmtree(target)  # the folder extract_tar has just made
         raise RuntimeError(f"{archive} extracted {n} reviews but not all of "
                            "aclImdb/{train,test}/{pos,neg}/: is it the IMDB archive?")
     return target

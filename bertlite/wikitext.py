@@ -12,7 +12,8 @@ import zipfile
 from pathlib import Path
 
 from .checks import read_utf8
-from .download import EXTRACT_PREFIX, digest, fetch_verified, remove_stale_temporaries
+from .download import (EXTRACT_PREFIX, digest, fetch_verified, make_folder,
+                       remove_stale_temporaries)
 
 SPLITS = ("train", "valid", "test")
 SHIPPED = "tinywiki"  # the small corpus written for this project, in data/tinywiki/
@@ -151,9 +152,7 @@ def download_wikitext2(data_dir=None, mirrors=WIKITEXT2_MIRRORS, sha1=WIKITEXT2_
     target = data_dir / "wikitext-2"
     if all((target / f"wiki.{s}.tokens").exists() for s in SPLITS):
         return target
-    if data_dir.exists() and not data_dir.is_dir():
-        raise NotADirectoryError(f"{data_dir} is a file: give --data-dir a folder")
-    data_dir.mkdir(parents=True, exist_ok=True)
+    make_folder(data_dir)  # only the last level: a typo does not plant a tree of folders
     remove_stale_temporaries(data_dir)  # what a killed download or extraction left
     archive = fetch_verified(
         mirrors, data_dir / "wikitext-2-v1.zip", sha1, "sha1", timeout, what="WikiText-2",

@@ -110,6 +110,26 @@ def test_checksum_mismatch_leaves_nothing_behind(tmp_path, archive):
     assert leftovers(tmp_path / "data") == []
 
 
+def test_a_partial_folder_of_the_users_is_kept(tmp_path, archive):
+    """An incomplete aclImdb/ that bertlite did not make (a manual attempt, the user's notes in
+    it) is never deleted: the error says to move it away."""
+    path, md5 = archive
+    notes = tmp_path / "data" / "aclImdb" / "my_notes.txt"
+    notes.parent.mkdir(parents=True)
+    notes.write_text("mine")
+    with pytest.raises(FileExistsError, match="move it away"):
+        download_imdb(tmp_path / "data", mirrors=[path.as_uri()], md5=md5)
+    assert notes.read_text() == "mine" and leftovers(tmp_path / "data") == ["aclImdb"]
+
+
+def test_a_mistyped_data_folder_plants_no_tree(tmp_path, archive):
+    path, md5 = archive
+    with pytest.raises(FileNotFoundError, match="a typo in --data-dir"):
+        download_imdb(tmp_path / "dta" / "imdb", mirrors=[path.as_uri()], md5=md5)
+    assert not (tmp_path / "dta").exists()
+    assert download_imdb(tmp_path / "data", mirrors=[path.as_uri()], md5=md5).is_dir()  # one level is made
+
+
 @pytest.mark.parametrize("data", [b"<html>503 Service Unavailable</html>", "truncated"])
 def test_corrupt_archive_is_reported_and_nothing_extracted(tmp_path, archive, data):
     if data == "truncated":  # a download cut short whose md5 someone computed anyway
@@ -140,7 +160,8 @@ def test_malicious_members_are_not_extracted(tmp_path, monkeypatch, data_filter)
 
     src = tmp_path / "served" / ARCHIVE
     md5 = make_archive(src, evil)
-    data = tmp_path / "deep" / "data"
+    data = tmp_path / "deep" / "data"  # deep: what climbs out of it by ../ stays in tmp_path
+    data.parent.mkdir()
     folder = download_imdb(data, mirrors=[src.as_uri()], md5=md5)
     assert not list(tmp_path.rglob("evil*.txt")) and leftovers(outside) == []
     assert not [p for p in folder.rglob("*") if p.is_symlink() or (p.exists() and not (p.is_file() or p.is_dir()))]

@@ -402,6 +402,13 @@ def test_download_into_a_file_is_one_line(tmp_path, capsys):
     assert code == 1 and err.count("\n") == 1 and str(tmp_path / "f") in err
 
 
+def test_download_into_a_mistyped_folder_creates_nothing(tmp_path, capsys):
+    """A typo in --data-dir (a parent that does not exist) is one line, and no folder appears."""
+    code, _, err = run_main(capsys, ["download", "--data-dir", tmp_path / "dta" / "wiki"])
+    assert code == 1 and err.count("\n") == 1 and "a typo in --data-dir" in err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_warm_up_longer_than_the_run_warns_once(capsys):
     with pytest.warns(UserWarning, match="--warmup-steps 10 >= --steps 5"):
         TrainConfig(steps=5, warmup_steps=10)

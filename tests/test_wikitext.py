@@ -110,6 +110,7 @@ def test_archive_paths_cannot_escape(tmp_path):
     data = make_archive(files)
     src = tmp_path / "evil.zip"
     src.write_bytes(data)
+    (tmp_path / "d").mkdir()  # the data folder's parent: an escape by ../ stays in tmp_path
     download_wikitext2(tmp_path / "d" / "data", mirrors=[src.as_uri()], sha1=hashlib.sha1(data).hexdigest(),
                        file_sha256={s: hashlib.sha256(t).hexdigest() for s, t in texts.items()})
     assert not list(tmp_path.rglob("escaped.txt"))
