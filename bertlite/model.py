@@ -170,6 +170,56 @@ class RealTokens(NamedTuple):
         out = rows.new_zeros(self.B * self.T, rows.shape[-1])
         return out.index_copy_(0, self.index, rows).view(self.B, self.T, -1)  # in place: no copy of the zeros
 
+    def heads(self, qkv, heads: int):
+        """(N, 3H) rows of queries, keys and values -> q, k, v, each (B, nh, T, hs), contiguous
+        (as the batched products want them), with zeros at the padding."""
+        return _RowsToHeads.apply(qkv, self.index // self.T, self.index % self.T, self.B, self.T,
+                                  heads)
+
+    def rows_of_heads(self, out):
+        """(B, nh, T, hs) -> (N, H): the real tokens' rows, heads side by side."""
+        return _HeadsToRows.apply(out, self.index // self.T, self.index % self.T)
+
+
+class _RowsToHeads(torch.autograd.Function):
+    """`RealTokens.heads`: one scatter forward, one gather per gradient backward. The plain route
+    (the grid, then split into q, k, v, then each viewed as heads) leaves q, k and v strided, so
+    the products copy each of them, and backward glues their gradients together in one more copy
+    of the whole grid."""
+
+    @staticmethod
+    def forward(ctx, qkv, b, t, B: int, T: int, heads: int):
+        hs = qkv.shape[1] // (3 * heads)
+        out = qkv.new_zeros(3, B, heads, T, hs)
+        out.permute(1, 3, 0, 2, 4).index_put_((b, t), qkv.view(len(b), 3, heads, hs))  # [b, t] = row
+        ctx.save_for_backward(b, t)
+        return out.unbind(0)  # q, k, v: three outputs, so backward gets three gradients to gather
+
+    @staticmethod
+    def backward(ctx, *grads):
+        b, t = ctx.saved_tensors
+        rows = [g.permute(0, 2, 1, 3)[b, t] if g is not None else None for g in grads]  # (N, nh, hs)
+        like = next(r for r in rows if r is not None)
+        rows = [torch.zeros_like(like) if r is None else r for r in rows]
+        return torch.stack(rows, 1).flatten(1), None, None, None, None, None             # (N, 3H)
+
+
+class _HeadsToRows(torch.autograd.Function):
+    """`RealTokens.rows_of_heads`: one gather forward, one scatter backward."""
+
+    @staticmethod
+    def forward(ctx, out, b, t):
+        ctx.save_for_backward(b, t)
+        ctx.shape = out.shape
+        return out.permute(0, 2, 1, 3)[b, t].flatten(1)              # (N, nh, hs) -> (N, H)
+
+    @staticmethod
+    def backward(ctx, grad):
+        b, t = ctx.saved_tensors
+        out = grad.new_zeros(ctx.shape)
+        out.permute(0, 2, 1, 3).index_put_((b, t), grad.view(len(b), *ctx.shape[1::2]))
+        return out, None, None
+
 
 class MultiHeadAttention(nn.Module):
     """Self-attention with `heads` heads; keys at or past each sequence's valid length are masked.
@@ -205,9 +255,11 @@ class MultiHeadAttention(nn.Module):
             if valid_lens is None:  # unmasked, the zero-filled padding would take weight
                 raise ValueError("MultiHeadAttention: real tokens given without valid_lens; "
                                  "pass the valid lengths that `real` was made from")
-            qkv = real.grid(qkv)
-        B, T, _ = qkv.shape
-        q, k, v = (self.split_heads(t) for t in qkv.split(H, dim=-1))
+            B, T = real.B, real.T
+            q, k, v = real.heads(qkv, self.heads)     # each (B, nh, T, hs), zeros at the padding
+        else:
+            B, T, _ = qkv.shape
+            q, k, v = (self.split_heads(t) for t in qkv.split(H, dim=-1))  # (B, nh, T, hs)
         mask = None if valid_lens is None else key_padding_mask(valid_lens, T)  # (B, 1, 1, T)
         p = self.dropout.p if self.training else 0.0
         # On the CPU, the fused kernel has no dropout: with p > 0 it falls back to a slower
@@ -222,8 +274,9 @@ class MultiHeadAttention(nn.Module):
             weights = scores.softmax(dim=-1)
             self.attention_weights = weights.detach()
             out = self.dropout(weights) @ v                                 # (B, nh, T, hs)
-        out = out.transpose(1, 2).reshape(B, T, H)                          # (B, T, H)
-        return self.W_o(out if real is None else real.rows(out))
+        if real is not None:
+            return self.W_o(real.rows_of_heads(out))                        # (N, H)
+        return self.W_o(out.transpose(1, 2).reshape(B, T, H))               # (B, T, H)
 
 
 class PositionWiseFFN(nn.Module):

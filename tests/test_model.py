@@ -65,6 +65,33 @@ def test_skipping_padding_gives_the_same_numbers_and_gradients(preset, fused, dr
         skip.blocks[0].attention(rows, None, RealTokens.of(valid_lens, 12))
 
 
+@pytest.mark.parametrize("valid_lens", [[5, 0, 7, 3], [0, 0]])
+def test_real_tokens_heads_match_the_grid_route(valid_lens):
+    """`RealTokens.heads` and `rows_of_heads` give what the grid, split and transposes give,
+    forward and backward, with a sequence of no real token and with no real token at all."""
+    T, H, nh = 7, 8, 2
+    real = RealTokens.of(torch.tensor(valid_lens), T)
+    B, N = len(valid_lens), sum(valid_lens)
+    qkv = torch.randn(N, 3 * H, requires_grad=True)
+    heads = torch.stack(real.heads(qkv, nh))
+    reference = real.grid(qkv).view(B, T, 3, nh, H // nh).permute(2, 0, 3, 1, 4)
+    assert all(x.is_contiguous() for x in real.heads(qkv, nh)) and torch.equal(heads, reference)
+    w = torch.randn(heads.shape)
+    got, = torch.autograd.grad((heads * w).sum(), qkv)
+    expected, = torch.autograd.grad((reference * w).sum(), qkv)
+    assert torch.equal(got, expected)
+    q_only, = torch.autograd.grad(real.heads(qkv, nh)[0].sum(), qkv)  # k and v unused
+    assert torch.equal(q_only, torch.autograd.grad(real.grid(qkv)[..., :H].sum(), qkv)[0])
+    out = torch.randn(B, nh, T, H // nh, requires_grad=True)
+    rows = real.rows_of_heads(out)
+    reference = real.rows(out.transpose(1, 2).reshape(B, T, H))
+    assert torch.equal(rows, reference)
+    w = torch.randn(rows.shape)
+    got, = torch.autograd.grad((rows * w).sum(), out)
+    expected, = torch.autograd.grad((reference * w).sum(), out)
+    assert torch.equal(got, expected)
+
+
 def test_padding_does_not_change_real_positions():
     torch.manual_seed(0)
     net = BERTModel(BERTConfig.preset("bert-tiny", 500)).eval()
