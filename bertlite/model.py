@@ -173,52 +173,69 @@ class RealTokens(NamedTuple):
     def heads(self, qkv, heads: int):
         """(N, 3H) rows of queries, keys and values -> q, k, v, each (B, nh, T, hs), contiguous
         (as the batched products want them), with zeros at the padding."""
-        return _RowsToHeads.apply(qkv, self.index // self.T, self.index % self.T, self.B, self.T,
-                                  heads)
+        return _RowsToHeads.apply(qkv, self, heads)
 
     def rows_of_heads(self, out):
         """(B, nh, T, hs) -> (N, H): the real tokens' rows, heads side by side."""
-        return _HeadsToRows.apply(out, self.index // self.T, self.index % self.T)
+        return _HeadsToRows.apply(out, self)
+
+    def head_rows(self, parts: int, heads: int, padding: bool = False):
+        """Seen as rows of hs numbers, a (parts, B, nh, T, hs) tensor holds each token's
+        parts * nh vectors at rows ((part * B + b) * nh + head) * T + t. Those rows for the real
+        tokens in (token, part, head) order, or with `padding` for the padded positions."""
+        index = self.index
+        if padding:
+            padded = torch.ones(self.B * self.T, dtype=torch.bool, device=index.device)
+            index = padded.index_fill_(0, index, False).nonzero()[:, 0]
+        b, t = index // self.T, index % self.T
+        part = torch.arange(parts, device=index.device)[:, None]
+        start = (part * self.B * heads + torch.arange(heads, device=index.device)) * self.T
+        return ((b * heads * self.T + t)[:, None] + start.reshape(-1)).reshape(-1)
 
 
 class _RowsToHeads(torch.autograd.Function):
-    """`RealTokens.heads`: one scatter forward, one gather per gradient backward. The plain route
-    (the grid, then split into q, k, v, then each viewed as heads) leaves q, k and v strided, so
-    the products copy each of them, and backward glues their gradients together in one more copy
-    of the whole grid."""
+    """`RealTokens.heads`: each real token's 3 * nh vectors of hs numbers copied to their rows,
+    zeros written at the padding only; backward gathers the rows of each gradient. The plain
+    route (the grid, split into q, k and v, each viewed as heads) leaves q, k and v strided, so
+    the products copy each of them, and backward glues their gradients together in one more copy."""
 
     @staticmethod
-    def forward(ctx, qkv, b, t, B: int, T: int, heads: int):
+    def forward(ctx, qkv, real: RealTokens, heads: int):
         hs = qkv.shape[1] // (3 * heads)
-        out = qkv.new_zeros(3, B, heads, T, hs)
-        out.permute(1, 3, 0, 2, 4).index_put_((b, t), qkv.view(len(b), 3, heads, hs))  # [b, t] = row
-        ctx.save_for_backward(b, t)
-        return out.unbind(0)  # q, k, v: three outputs, so backward gets three gradients to gather
+        out = qkv.new_empty(3 * real.B * heads * real.T, hs)
+        out.index_copy_(0, real.head_rows(3, heads), qkv.view(-1, hs))
+        out.index_fill_(0, real.head_rows(3, heads, padding=True), 0)
+        ctx.save_for_backward(real.head_rows(1, heads))  # where one of q, k, v keeps its rows
+        return out.view(3, real.B, heads, real.T, hs).unbind(0)  # q, k, v
 
     @staticmethod
-    def backward(ctx, *grads):
-        b, t = ctx.saved_tensors
-        rows = [g.permute(0, 2, 1, 3)[b, t] if g is not None else None for g in grads]  # (N, nh, hs)
-        like = next(r for r in rows if r is not None)
-        rows = [torch.zeros_like(like) if r is None else r for r in rows]
-        return torch.stack(rows, 1).flatten(1), None, None, None, None, None             # (N, 3H)
+    def backward(ctx, *grads):  # q's, k's and v's gradients, each (B, nh, T, hs), or None
+        rows, = ctx.saved_tensors
+        given = next(g for g in grads if g is not None)
+        _, heads, _, hs = given.shape
+        parts = [given.new_zeros(len(rows), hs) if g is None             # each (N * nh, hs)
+                 else g.reshape(-1, hs).index_select(0, rows) for g in grads]
+        return torch.cat([part.view(-1, heads * hs) for part in parts], 1), None, None  # (N, 3H)
 
 
 class _HeadsToRows(torch.autograd.Function):
-    """`RealTokens.rows_of_heads`: one gather forward, one scatter backward."""
+    """`RealTokens.rows_of_heads`: one gather of rows forward, one copy to rows backward."""
 
     @staticmethod
-    def forward(ctx, out, b, t):
-        ctx.save_for_backward(b, t)
-        ctx.shape = out.shape
-        return out.permute(0, 2, 1, 3)[b, t].flatten(1)              # (N, nh, hs) -> (N, H)
+    def forward(ctx, out, real: RealTokens):
+        B, heads, T, hs = out.shape
+        rows = real.head_rows(1, heads)
+        ctx.save_for_backward(rows)
+        ctx.real, ctx.shape = real, out.shape
+        return out.reshape(-1, hs).index_select(0, rows).view(-1, heads * hs)  # (N, H)
 
     @staticmethod
     def backward(ctx, grad):
-        b, t = ctx.saved_tensors
-        out = grad.new_zeros(ctx.shape)
-        out.permute(0, 2, 1, 3).index_put_((b, t), grad.view(len(b), *ctx.shape[1::2]))
-        return out, None, None
+        rows, = ctx.saved_tensors
+        B, heads, T, hs = ctx.shape
+        out = grad.new_empty(B * heads * T, hs).index_copy_(0, rows, grad.reshape(-1, hs))
+        out.index_fill_(0, ctx.real.head_rows(1, heads, padding=True), 0)
+        return out.view(ctx.shape), None
 
 
 class MultiHeadAttention(nn.Module):
