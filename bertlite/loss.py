@@ -26,6 +26,21 @@ def mlm_loss(mlm_logits, mlm_labels, mlm_weights, total_weight=None):
     return (per_slot * weights).sum() / total.clamp_min(1e-8)
 
 
+def _row_max(x):
+    """x.amax(-1), quicker for bf16 on the CPU, where PyTorch's amax of bf16 is slow. A bf16's bits
+    read as an int16 order the numbers >= +0 as the numbers do (and every negative number below
+    them), so the largest int16 of a row is its largest number whenever that is >= +0. Rows with
+    no such number (the rare all-negative row) take the plain amax."""
+    if x.dtype != torch.bfloat16:
+        return x.amax(-1)
+    top = x.view(torch.int16).amax(-1)
+    negative = top < 0
+    top = top.view(torch.bfloat16)
+    if negative.any():
+        top[negative] = x[negative].amax(-1)
+    return top
+
+
 class _LinearCrossEntropy(torch.autograd.Function):
     """sum(w * cross_entropy(h @ W.T + b, y)) / total, without ever holding all (N, V) logits.
     Also returns sum(w * [label's logit is the largest]) / total, the accuracy, at no extra cost.
@@ -35,10 +50,11 @@ class _LinearCrossEntropy(torch.autograd.Function):
     scales them. The (N, V) logits (3249 x 20256 floats for the book's batch) are never stored:
     every chunk reuses one (chunk, V) buffer for the logits, and the one-hot is subtracted from
     the softmax in place. Each row's weight w / total is applied to the small side of each
-    product (rows of h's gradient, rows of h), never to the (chunk, V) block. The bias rides along
-    as one more column of W against a column of ones in h: the products then add it in and sum
-    its gradient. Under bf16 autocast the products and the softmax's output are bf16 (the
-    softmax computes in fp32), and W's gradient is summed over the chunks in fp32.
+    product (rows of h), never to the (chunk, V) block; a column of those weights beside h makes
+    the last product sum the bias's gradient too. The products keep h's width H (128 for the
+    book) as their inner size: a matrix unit (AMX) works in blocks of 16 or 32 numbers, and 129
+    costs as much as 160. Under bf16 autocast the products and the softmax's output are bf16
+    (the softmax computes in fp32), and W's gradient is summed over the chunks in fp32.
     """
 
     @staticmethod
@@ -48,12 +64,12 @@ class _LinearCrossEntropy(torch.autograd.Function):
         need_grad = any(ctx.needs_input_grad[:3])
         (N, H), V, fp32 = h.shape, weight.shape[0], dtype == torch.float32
         with torch.autocast(device, enabled=False):
-            hc = torch.cat([h.to(dtype), h.new_ones(N, 1, dtype=dtype)], 1)        # (N, H+1)
-            wc = torch.cat([weight.to(dtype), bias.to(dtype)[:, None]], 1)          # (V, H+1)
+            h, weight, bias = h.to(dtype), weight.to(dtype), bias.to(dtype)
             scale = w.float() / total                                 # each row's share of the loss
+            hs = torch.cat([h * scale[:, None].to(dtype), scale[:, None].to(dtype)], 1)  # (N, H+1)
             loss, correct = torch.zeros((), device=h.device), torch.zeros((), device=h.device)
-            gh = torch.zeros(N, H + 1, device=h.device, dtype=dtype)                # [dh, -]
-            gwt = torch.zeros(H + 1, V, device=h.device)                            # [dW.T; db]
+            gh = torch.empty(N, H, device=h.device, dtype=dtype)                    # dh, unscaled
+            gwt = torch.empty(H + 1, V, device=h.device)                            # [dW.T; db]
             # Rows per chunk: under bf16 each chunk's W gradient is widened to fp32 and added, so
             # fewer, larger chunks pay (512 there, 256 in fp32: the quicker of each on 2 cores)
             chunk = chunk or (256 if fp32 else 512)
@@ -61,15 +77,13 @@ class _LinearCrossEntropy(torch.autograd.Function):
             # (the kernel hands its pages over, zeroed, again and again)
             products = torch.empty(min(chunk, N), V, dtype=dtype, device=h.device)
             probs = torch.empty(products.shape, dtype=dtype, device=h.device)
-            if not fp32:  # each chunk's W gradient in bf16, then in fp32 to be added up
-                part = torch.empty(H + 1, V, dtype=dtype, device=h.device)
-                part32 = torch.empty(H + 1, V, device=h.device)
+            part = None if fp32 else torch.empty(H + 1, V, dtype=dtype, device=h.device)
             for s in range(0, N, chunk):
                 e = min(s + chunk, N)
                 rows, y, ws = torch.arange(e - s, device=h.device), labels[s:e], scale[s:e]
-                logits = torch.mm(hc[s:e], wc.t(), out=products[:e - s])          # (c, V), bias in
+                logits = torch.addmm(bias, h[s:e], weight.t(), out=products[:e - s])  # (c, V)
                 label_logit = logits[rows, y].float()
-                correct += ((label_logit >= logits.amax(-1)) * ws).sum()  # the label is (a) top guess
+                correct += ((label_logit >= _row_max(logits)) * ws).sum()  # the label is (a) top guess
                 p = torch.softmax(logits, -1, out=probs[:e - s])      # one kernel, row by row
                 label_p = p[rows, y].float()
                 row_loss = -label_p.log()                             # -log softmax at the label
@@ -79,14 +93,15 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 loss += (row_loss * ws).sum()
                 if need_grad:
                     p[rows, y] -= 1                                   # softmax - one-hot, in place
-                    torch.mm(p, wc, out=gh[s:e])                      # rows scaled below
-                    hs = hc[s:e] * ws[:, None].to(dtype)              # rows scaled here
-                    if fp32:
-                        gwt.addmm_(hs.t(), p)                         # (H+1, c) @ (c, V): no copy
+                    torch.mm(p, weight, out=gh[s:e])                  # rows scaled below
+                    if fp32:                        # (H+1, c) @ (c, V), added in place
+                        gwt.addmm_(hs[s:e].t(), p, beta=float(s > 0))   # the first overwrites
+                    elif s == 0:
+                        gwt.copy_(torch.mm(hs[s:e].t(), p, out=part))
                     else:
-                        gwt += part32.copy_(torch.mm(hs.t(), p, out=part))  # summed in fp32
+                        gwt += torch.mm(hs[s:e].t(), p, out=part)     # summed in fp32
             gh = gh.float() * scale[:, None]
-        ctx.save_for_backward(gh[:, :H], gwt[:H].t(), gwt[H])
+        ctx.save_for_backward(gh, gwt[:H].t(), gwt[H])
         ctx.mark_non_differentiable(correct)
         return loss, correct
 
@@ -103,6 +118,9 @@ def fused_mlm_loss(mlm_hidden, decoder: torch.nn.Linear, mlm_labels, mlm_weights
     `_LinearCrossEntropy`). Same values and gradients as `mlm_loss` (tested). Returns
     (loss, accuracy). Explained in notebooks/05_heads_and_loss.ipynb.
     """
+    if chunk is not None and (not isinstance(chunk, int) or chunk < 1):
+        raise ValueError(f"chunk={chunk!r}: give a whole number of rows of at least 1, or None "
+                         "for the default")
     real = mlm_weights.reshape(-1) > 0
     h = mlm_hidden.reshape(-1, mlm_hidden.shape[-1])[real]
     w = mlm_weights.reshape(-1)[real]

@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bertlite.loss import (d2l_mlm_loss, fused_mlm_loss, mlm_accuracy, mlm_loss, nsp_accuracy,
+from bertlite.loss import (_row_max, d2l_mlm_loss, fused_mlm_loss, mlm_accuracy, mlm_loss, nsp_accuracy,
                            nsp_loss, pretrain_loss)
 from bertlite.model import BERTConfig, BERTModel
 
@@ -123,3 +123,36 @@ def test_nsp_and_pretrain_loss_on_a_batch(tiny):
     assert torch.allclose(fused.mlm, loss.mlm, atol=1e-5) and torch.allclose(fused.mlm_acc, loss.mlm_acc)
     assert torch.allclose(nsp_loss(out.nsp_logits, b["nsp_labels"], total=16) * 2, loss.nsp)
     assert 0 <= nsp_accuracy(out.nsp_logits, b["nsp_labels"]) <= 1
+
+
+def test_row_max_of_bf16_reads_the_bits_and_equals_amax():
+    torch.manual_seed(0)
+    x = (torch.randn(64, 300) * 5).to(torch.bfloat16)
+    x[1] = -x[1].abs() - 1                      # every number negative: the bits order them backwards
+    x[2] = -0.0                                 # only -0 and negatives
+    x[2, 5:] = -3.0
+    x[3, 7] = float("inf")
+    x[4] = 0.0                                  # +0 the largest
+    x[4, ::2] = -1.0
+    for rows in (x, x[:1], x[1:3]):
+        assert torch.equal(_row_max(rows), rows.amax(-1))
+    assert torch.equal(_row_max(x.float()), x.float().amax(-1))  # other dtypes: amax itself
+
+
+def test_fused_accuracy_under_bf16_equals_the_accuracy_of_the_same_logits():
+    torch.manual_seed(1)
+    h, decoder = torch.randn(2, 300, 16), torch.nn.Linear(16, 40)
+    with torch.no_grad():
+        decoder.bias -= 10                     # many all-negative rows
+    labels, weights = torch.randint(0, 40, (2, 300)), torch.ones(2, 300)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        _, fused = fused_mlm_loss(h, decoder, labels, weights, chunk=64)
+        plain = mlm_accuracy(decoder(h), labels, weights)
+    assert fused.item() == pytest.approx(plain.item(), abs=1e-6)
+
+
+@pytest.mark.parametrize("chunk", [0, -3, 2.5])
+def test_fused_loss_rejects_a_chunk_that_is_not_a_positive_whole_number(chunk):
+    h, decoder = torch.randn(1, 4, 8), torch.nn.Linear(8, 20)
+    with pytest.raises(ValueError, match=f"chunk={chunk}.*at least 1"):
+        fused_mlm_loss(h, decoder, torch.zeros(1, 4, dtype=torch.long), torch.ones(1, 4), chunk=chunk)
