@@ -73,23 +73,24 @@ class _LinearCrossEntropy(torch.autograd.Function):
             # Rows per chunk: under bf16 each chunk's W gradient is widened to fp32 and added, so
             # fewer, larger chunks pay (512 there, 256 in fp32: the quicker of each on 2 cores)
             chunk = chunk or (256 if fp32 else 512)
-            # Buffers reused by every chunk: a fresh block this size is slow to get on the CPU
-            # (the kernel hands its pages over, zeroed, again and again)
-            products = torch.empty(min(chunk, N), V, dtype=dtype, device=h.device)
-            probs = torch.empty(products.shape, dtype=dtype, device=h.device)
+            # One buffer reused by every chunk (a fresh block this size is slow to get on the
+            # CPU: the kernel hands its pages over, zeroed, again and again): the logits, then
+            # their softmax in their place, then the softmax minus the one-hot
+            block = torch.empty(min(chunk, N), V, dtype=dtype, device=h.device)
             part = None if fp32 else torch.empty(H + 1, V, dtype=dtype, device=h.device)
             for s in range(0, N, chunk):
                 e = min(s + chunk, N)
                 rows, y, ws = torch.arange(e - s, device=h.device), labels[s:e], scale[s:e]
-                logits = torch.addmm(bias, h[s:e], weight.t(), out=products[:e - s])  # (c, V)
+                logits = torch.addmm(bias, h[s:e], weight.t(), out=block[:e - s])  # (c, V)
                 label_logit = logits[rows, y].float()
                 correct += ((label_logit >= _row_max(logits)) * ws).sum()  # the label is (a) top guess
-                p = torch.softmax(logits, -1, out=probs[:e - s])      # one kernel, row by row
+                p = torch.softmax(logits, -1, out=logits)             # one kernel, row by row, in place
                 label_p = p[rows, y].float()
                 row_loss = -label_p.log()                             # -log softmax at the label
                 lost = label_p < 1e-30                                # underflowed: work it out
-                if lost.any():
-                    row_loss[lost] = (torch.logsumexp(logits[lost].float(), -1) - label_logit[lost])
+                if lost.any():  # from those rows' logits, computed again (they were overwritten)
+                    again = torch.addmm(bias, h[s:e][lost], weight.t()).float()
+                    row_loss[lost] = torch.logsumexp(again, -1) - label_logit[lost]
                 loss += (row_loss * ws).sum()
                 if need_grad:
                     p[rows, y] -= 1                                   # softmax - one-hot, in place
@@ -107,8 +108,10 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_loss, grad_correct):
-        gh, gw, gb = ctx.saved_tensors
-        return gh * grad_loss, gw * grad_loss, gb * grad_loss, None, None, None, None
+        gh, gw, gb = ctx.saved_tensors  # gw is a transposed view: scaled into W's own layout, in
+        # one pass (autograd would otherwise copy it there, a second pass)
+        scaled_gw = torch.mul(gw, grad_loss, out=gw.new_empty(gw.shape))
+        return gh * grad_loss, scaled_gw, gb * grad_loss, None, None, None, None
 
 
 def fused_mlm_loss(mlm_hidden, decoder: torch.nn.Linear, mlm_labels, mlm_weights,

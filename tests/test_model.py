@@ -65,6 +65,24 @@ def test_skipping_padding_gives_the_same_numbers_and_gradients(preset, fused, dr
         skip.blocks[0].attention(rows, None, RealTokens.of(valid_lens, 12))
 
 
+def test_a_sequence_without_real_tokens_changes_no_gradient():
+    # The written-out attention masks the padded keys without autograd on the real tokens
+    # (the softmax already gives them 0 gradient); a row of valid length 0 has every key
+    # masked, so its softmax is uniform: its gradients must still reach no weight
+    config = BERTConfig.preset("d2l", 500, fused_attention=False, dropout=0.0)
+    torch.manual_seed(0)
+    net = BERTModel(config)
+    tokens, segments, _, _ = batch()
+    grads = []
+    for keep, valid_lens in (([0, 1, 2, 3], [12, 7, 0, 3]), ([0, 1, 3], [12, 7, 3])):
+        net.zero_grad()
+        encoded = net.encode(tokens[keep], segments[keep], torch.tensor(valid_lens))
+        (encoded ** 2).sum().backward()
+        grads.append([p.grad.clone() for p in net.blocks.parameters()])
+    for a, b in zip(*grads):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
 @pytest.mark.parametrize("valid_lens", [[5, 0, 7, 3], [0, 0]])
 def test_real_tokens_heads_match_the_grid_route(valid_lens):
     """`RealTokens.heads` and `rows_of_heads` give what the grid, split and transposes give,
@@ -158,7 +176,7 @@ def test_keep_mask_has_the_values_of_the_written_out_formula(dtype):
     # numbers must be where's, and with `real` exactly the real rows of the whole grid's mask
     n, k = 4 * 7 * 9, round(0.2 * 65536)
     torch.manual_seed(1)
-    bits = torch.empty((n + 3) // 4, dtype=torch.int64).random_(-2**63, 2**63 - 1)
+    bits = torch.empty((n + 3) // 4, dtype=torch.int64).random_(-2**63, None)  # every 64-bit pattern
     keep = bits.view(torch.int16)[:n] >= k - 32768
     expected = torch.where(keep, 65536 / (65536 - k), 0.0).to(dtype).view(4, 7, 9)
     real = RealTokens.of(torch.tensor([5, 0, 7, 3]), 7)
