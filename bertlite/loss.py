@@ -77,7 +77,10 @@ class _LinearCrossEntropy(torch.autograd.Function):
             # CPU: the kernel hands its pages over, zeroed, again and again): the logits, then
             # their softmax in their place, then the softmax minus the one-hot
             block = torch.empty(min(chunk, N), V, dtype=dtype, device=h.device)
-            part = None if fp32 else torch.empty(H + 1, V, dtype=dtype, device=h.device)
+            if not fp32:  # each chunk's W gradient in bf16, then widened into a kept fp32
+                # buffer and added (adding the bf16 directly widens it into a fresh block each time)
+                part = torch.empty(H + 1, V, dtype=dtype, device=h.device)
+                part32 = torch.empty(H + 1, V, device=h.device)
             for s in range(0, N, chunk):
                 e = min(s + chunk, N)
                 rows, y, ws = torch.arange(e - s, device=h.device), labels[s:e], scale[s:e]
@@ -99,8 +102,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
                         gwt.addmm_(hs[s:e].t(), p, beta=float(s > 0))   # the first overwrites
                     elif s == 0:
                         gwt.copy_(torch.mm(hs[s:e].t(), p, out=part))
-                    else:
-                        gwt += torch.mm(hs[s:e].t(), p, out=part)     # summed in fp32
+                    else:                                             # summed in fp32
+                        gwt += part32.copy_(torch.mm(hs[s:e].t(), p, out=part))
             gh = gh.float() * scale[:, None]
         ctx.save_for_backward(gh, gwt[:H].t(), gwt[H])
         ctx.mark_non_differentiable(correct)
