@@ -185,9 +185,12 @@ class RealTokens(NamedTuple):
         return _HeadsToRows.apply(out, self)
 
     def head_rows(self, parts: int, heads: int, padding: bool = False):
-        """Seen as rows of hs numbers, a (parts, B, nh, T, hs) tensor holds each token's
-        parts * nh vectors at rows ((part * B + b) * nh + head) * T + t. Those rows for the real
-        tokens in (token, part, head) order, or with `padding` for the padded positions."""
+        """Row numbers for moving head vectors. Viewed as rows of hs numbers, a (parts, B, nh,
+        T, hs) tensor keeps the vector of head `head` of part `part` (q, k or v) at position t of
+        sequence b in row ((part * B + b) * nh + head) * T + t. Returns that row for every vector
+        of the real tokens, in the order an (N, parts * nh * hs) input lists them: token by token,
+        then part, then head (row i of `qkv.view(-1, hs)` goes to row `head_rows(...)[i]`). With
+        `padding`: the rows of the padded positions instead."""
         index = self.index
         if padding:
             padded = torch.ones(self.B * self.T, dtype=torch.bool, device=index.device)
@@ -228,7 +231,7 @@ class _HeadsToRows(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, out, real: RealTokens):
-        B, heads, T, hs = out.shape
+        heads, hs = out.shape[1], out.shape[3]
         rows = real.head_rows(1, heads)
         ctx.save_for_backward(rows)
         ctx.real, ctx.shape = real, out.shape
