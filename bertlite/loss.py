@@ -48,13 +48,14 @@ class _LinearCrossEntropy(torch.autograd.Function):
     Chunk by chunk of rows, the forward pass computes the logits, the loss, and right away the
     gradient of the logits, softmax - one-hot, then the gradients of h, W and b; backward only
     scales them. The (N, V) logits (3249 x 20256 floats for the book's batch) are never stored:
-    every chunk reuses one (chunk, V) buffer for the logits, and the one-hot is subtracted from
-    the softmax in place. Each row's weight w / total is applied to the small side of each
-    product (rows of h), never to the (chunk, V) block; a column of those weights beside h makes
-    the last product sum the bias's gradient too. The products keep h's width H (128 for the
-    book) as their inner size: a matrix unit (AMX) works in blocks of 16 or 32 numbers, and 129
-    costs as much as 160. Under bf16 autocast the products and the softmax's output are bf16
-    (the softmax computes in fp32), and W's gradient is summed over the chunks in fp32.
+    every chunk reuses one (chunk, V) buffer, where the softmax overwrites the logits and the
+    one-hot is subtracted in place. Each row's weight w / total is applied to the small side of
+    each product (rows of h), never to the (chunk, V) block; a column of those weights beside h
+    makes the last product sum the bias's gradient too. The products keep h's width H (128 for
+    the book) as their inner size: a matrix unit (AMX) works in blocks of 16 or 32 numbers, and
+    a 129th column for the bias made every product slower. Under bf16 autocast the products and
+    the softmax's output are bf16 (the softmax computes in fp32), and W's gradient is summed
+    over the chunks in fp32.
     """
 
     @staticmethod
