@@ -136,10 +136,15 @@ class Embeddings(nn.Module):
         self.norm = nn.LayerNorm(c.hidden, eps=c.norm_eps) if c.embedding_norm else nn.Identity()
         self.dropout = Dropout(c.dropout if c.embedding_norm else 0.0)
 
-    def forward(self, tokens, segments):
-        positions = torch.arange(tokens.shape[1], device=tokens.device)  # (T,)
-        x = self.token(tokens) + self.segment(segments) + self.position(positions)  # (B, T, H)
-        return self.dropout(self.norm(x))
+    def forward(self, tokens, segments, real: RealTokens | None = None):
+        """(B, T, H); or with `real`, only the real tokens' (N, H) rows (see `RealTokens`)."""
+        if real is None:
+            positions = torch.arange(tokens.shape[1], device=tokens.device)  # (T,)
+        else:  # the real tokens' ids, segments and positions, flattened
+            tokens, segments = tokens.reshape(-1)[real.index], segments.reshape(-1)[real.index]
+            positions = real.index % real.T
+        x = self.token(tokens) + self.segment(segments) + self.position(positions)
+        return self.dropout(self.norm(x), real)
 
 
 def key_padding_mask(valid_lens, T: int):
@@ -413,7 +418,10 @@ class BERTModel(nn.Module):
         return self._encode(tokens, segments, valid_lens)
 
     def _encode(self, tokens, segments, valid_lens):
-        x = self.embeddings(tokens, torch.zeros_like(tokens) if segments is None else segments)
+        skip = valid_lens is not None and self.config.skip_padding
+        real = RealTokens.of(valid_lens, tokens.shape[1]) if skip else None
+        # (B, T, H), or the real tokens' (N, H) rows: the blocks then skip the padding
+        x = self.embeddings(tokens, torch.zeros_like(tokens) if segments is None else segments, real)
         device = x.device.type
         if torch.is_autocast_enabled(device) and torch.get_autocast_dtype(device) == torch.bfloat16:
             # Autocast runs the products in bf16 but leaves the rest as it comes: from the fp32
@@ -421,10 +429,6 @@ class BERTModel(nn.Module):
             # to bf16 again before each product. bf16 has fp32's range, so the whole encoder can
             # run in it (fp16, which has not, stays as autocast leaves it).
             x = x.bfloat16()
-        skip = valid_lens is not None and self.config.skip_padding
-        real = RealTokens.of(valid_lens, tokens.shape[1]) if skip else None
-        if real is not None:
-            x = real.rows(x)                  # (N, H): the blocks skip the padding
         for block in self.blocks:
             x = block(x, valid_lens, real)
         return x if real is None else real.grid(x)  # (B, T, H), zeros at the padding
