@@ -72,7 +72,7 @@ def fill_mask(model, vocab_or_tokenizer, text: str, top_k: int = 5, text_pair: s
     tokens, segments = tokens_and_segments(tokens_a, tokens_b, cls, sep)
     positions = [i for i, t in enumerate(tokens) if t == mask]
     if not positions:
-        raise ValueError(f"no {mask} in the text: write {mask} (separated by spaces) where the "
+        raise ValueError(f"no {mask} in the text: write {mask} where the "
                          f"model should fill in a word, e.g. 'the cat {mask} on the mat'")
     ids = _ids(model, tok, tokens)
     device = next(model.parameters()).device
