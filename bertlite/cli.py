@@ -423,6 +423,15 @@ def _show_warnings() -> None:
     HELD_WARNINGS.clear()
 
 
+def leave_process_group() -> None:
+    """Under torchrun, leave the process group that the trainer joined, once the run is done:
+    left to the interpreter's exit, gloo's threads can abort a process whose work is finished
+    (SIGABRT, "terminate called without an active exception"), failing the whole launch."""
+    dist = sys.modules.get("torch.distributed")  # never imported: nothing to leave
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def main(argv=None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -438,6 +447,7 @@ def main(argv=None) -> None:
             warnings.showwarning = lambda message, *a, **k: HELD_WARNINGS.append(str(message))
             if args.command == "pretrain":
                 pretrain(args)
+                leave_process_group()
             elif args.command == "data":
                 data_summary(args)
             else:
