@@ -78,7 +78,7 @@ class Corpus:
         with numpy on integer ids instead of Python loops over tokens. `vocab` may also be a
         subword tokenizer (WordPiece): the sentences and paragraphs are the same, but each word
         becomes its pieces (`_pieces`), and `starts` and `lengths` count pieces.
-        Explained in notebooks/02_tokens_segments_nsp.ipynb.
+        Explained in notebooks/01_wikitext_and_vocab.ipynb (section 1.8).
         """
         if min_sentences < 1:
             raise ValueError("min_sentences must be at least 1")
