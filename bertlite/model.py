@@ -6,9 +6,8 @@ P = predicted positions per sequence, V = vocabulary size.
 """
 from __future__ import annotations
 
-import contextlib
 import math
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, replace
 from typing import NamedTuple
 
@@ -307,7 +306,7 @@ class MultiHeadAttention(nn.Module):
                 # In place: one fewer (B, nh, T, T) tensor written. On the real tokens, autograd
                 # need not see it: the softmax gives masked keys exactly 0, so its backward gives
                 # them 0 gradient already (rows with no real key at all are padding, discarded).
-                with torch.no_grad() if real is not None else contextlib.nullcontext():
+                with torch.no_grad() if real is not None else nullcontext():
                     scores.masked_fill_(~mask, torch.finfo(scores.dtype).min)
             weights = scores.softmax(dim=-1)
             self.attention_weights = weights.detach()

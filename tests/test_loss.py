@@ -2,8 +2,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bertlite.loss import (_row_max, d2l_mlm_loss, fused_mlm_loss, mlm_accuracy, mlm_loss, nsp_accuracy,
-                           nsp_loss, pretrain_loss)
+from bertlite.loss import (_row_max, d2l_mlm_loss, fused_mlm_loss, mlm_accuracy, mlm_loss,
+                           nsp_accuracy, nsp_loss, pretrain_loss)
 from bertlite.model import BERTConfig, BERTModel
 
 
