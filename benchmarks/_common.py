@@ -1,5 +1,6 @@
 """Helpers shared by the benchmark scripts: timing, the machine's matmul peak, training steps."""
 import ctypes
+import itertools
 import platform
 import resource
 import statistics
@@ -23,13 +24,22 @@ def wikitext2_dir():
     return SHARED if (SHARED / "wikitext-2" / "wiki.train.tokens").exists() else None
 
 
-def book_batch(B=512, vocab_size=20256):
+def book_batch(B=512, vocab_size=20256, count=None):
     """(batch, corpus name): B pairs of max_len 64 from WikiText-2 (the shipped corpus without
-    it), token ids folded into the book's vocabulary size so that every model has its shape."""
+    it), token ids folded into the book's vocabulary size so that every model has its shape.
+    With `count`: a list of that many batches instead, drawn as the trainer draws them (the pairs
+    shuffled, with a fixed seed; the shipped corpus is gone through again when it runs out)."""
     data_dir = wikitext2_dir()
     ds = load_pretrain_dataset(64, "wikitext-2" if data_dir else "tinywiki", data_dir=data_dir)
-    batch = {k: (v % vocab_size if k in ("tokens", "mlm_labels") else v) for k, v in ds[:B].items()}
-    return batch, "WikiText-2" if data_dir else "tinywiki"
+    name = "WikiText-2" if data_dir else "tinywiki"
+
+    def fold(items):
+        return {k: (v % vocab_size if k in ("tokens", "mlm_labels") else v) for k, v in items.items()}
+    if count is None:
+        return fold(ds[:B]), name
+    order = torch.cat([torch.randperm(len(ds), generator=torch.Generator().manual_seed(epoch))
+                       for epoch in range(-(-count * B // len(ds)))])
+    return [fold(ds[order[i * B:(i + 1) * B]]) for i in range(count)], name
 
 
 def timed(fn, repeat=5, warmup=1):
@@ -116,11 +126,14 @@ def book_optimizer(named_parameters, cfg):
 def step_fn(net, batch, precision="fp32", fused_loss=True, book_loss=False, lr=0.01,
             loss_fn=pretrain_loss, optimizer=make_optimizer, config=TrainConfig):
     """One optimiser step of pre-training on `batch` as a closure (returns the loss parts), with
-    the trainer's Adam (`make_optimizer`). `loss_fn`, `optimizer` and `config`: bertlite's, or
-    another version's (benchmarks/step_vs_commit.py), or the book's (`book_optimizer`)."""
+    the trainer's Adam (`make_optimizer`). `batch` may be a list: then each call takes the next
+    batch of it, round and round, as training does. `loss_fn`, `optimizer` and `config`:
+    bertlite's, or another version's (benchmarks/step_vs_commit.py), or the book's (`book_optimizer`)."""
     opt = optimizer(net.named_parameters(), config(optimizer="adam", lr=lr))
+    batches = itertools.cycle(batch if isinstance(batch, list) else [batch])
 
     def step():
+        batch = next(batches)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
             out = net(batch["tokens"], batch["segments"], batch["valid_lens"],
                       batch["pred_positions"], mlm_logits=not fused_loss)

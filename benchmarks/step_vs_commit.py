@@ -1,14 +1,20 @@
 """Today's training step against the same step of an earlier commit, in one process, in turns.
 
     python benchmarks/step_vs_commit.py [COMMIT] [--precision bf16 fp32] [--repeat 7]
+                                        [--batches stream|fixed]
 
 COMMIT (default 80bcd46, the code issue 11's "today" figures were measured on) is read out of
 this checkout's git history with `git archive` into a temporary folder and imported as a package
 of its own, beside today's `bertlite`. Both build the book's model (the d2l preset, vocabulary
-20256, dropout 0.2) from the same seed and take Adam steps on the same WikiText-2 batch (512
-pairs, max_len 64), each with its own fused MLM loss and its own trainer's Adam, timed in turns
+20256, dropout 0.2) from the same seed and take Adam steps on WikiText-2 batches of 512 pairs
+(max_len 64), each with its own fused MLM loss and its own trainer's Adam, timed in turns
 (old, new, old, new, ...), so the machine's drifting speed moves both alike. Prints the matmul
 peaks, pairs/s and the ratio.
+`--batches stream` (the default) gives each step the next batch, as training does: every batch
+has its own number of real tokens and masked slots, so its matrices have new shapes, and under
+bf16 oneDNN compiles kernels for every new shape. Each version first takes 20 untimed steps on
+other batches, as the first steps of a run fill its caches of kernels. `--batches fixed` repeats
+one batch, as this script did until 2026-12-03: the shapes never change, so that cost is never seen.
 Works for commits whose model takes `mlm_logits=False`, whose loss takes the decoder (the
 fused loss, since 2026-11) and whose trainer has `make_optimizer`.
 """
@@ -26,6 +32,7 @@ from _common import book_batch, matmul_peak, step_fn, timed_together
 import bertlite.model
 
 ROOT = Path(__file__).resolve().parents[1]
+WARMUP = 20  # untimed steps of each version before a stream of batches is timed
 
 
 def import_commit(commit: str, folder: Path):
@@ -57,21 +64,27 @@ def main():
     parser.add_argument("--precision", nargs="+", default=["bf16", "fp32"],
                         choices=["bf16", "fp32"])
     parser.add_argument("--repeat", type=int, default=7)
+    parser.add_argument("--batches", choices=["stream", "fixed"], default="stream",
+                        help="a new batch every step, as in training (default), or one batch "
+                        "again and again")
     args = parser.parse_args()
     if args.repeat < 1:
         parser.error(f"--repeat {args.repeat}: give at least 1 step to time")
-    batch, corpus = book_batch()
+    warmup = WARMUP if args.batches == "stream" else 1
+    batch, corpus = book_batch(count=warmup + args.repeat if args.batches == "stream" else None)
     with tempfile.TemporaryDirectory() as folder:
         old_model, old_loss, old_train = import_commit(args.commit, Path(folder))
         print(f"threads {torch.get_num_threads()}; matmul peak (2048^2): fp32 "
               f"{matmul_peak(torch.float32):.0f}, bf16 {matmul_peak(torch.bfloat16):.0f} GFLOP/s")
-        print(f"batch {tuple(batch['tokens'].shape)} of {corpus}, "
+        first = batch[0] if isinstance(batch, list) else batch
+        what = "a new batch each step" if isinstance(batch, list) else "the same batch each step"
+        print(f"batches {tuple(first['tokens'].shape)} of {corpus} ({what}), "
               f"the book's model, dropout 0.2, Adam; {args.repeat} steps each, in turns")
         for precision in args.precision:
             old = step_fn(book_model(old_model), batch, precision, loss_fn=old_loss.pretrain_loss,
                           optimizer=old_train.make_optimizer, config=old_train.TrainConfig)
             new = step_fn(book_model(bertlite.model), batch, precision)
-            t_old, t_new = timed_together([old, new], repeat=args.repeat)
+            t_old, t_new = timed_together([old, new], repeat=args.repeat, warmup=warmup)
             print(f"{precision}: {args.commit} {512 / t_old:.0f} pairs/s, today {512 / t_new:.0f} "
                   f"pairs/s: {t_old / t_new:.2f}x")
 

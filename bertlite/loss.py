@@ -10,6 +10,8 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
+from .model import shared_row_count
+
 
 def mlm_loss(mlm_logits, mlm_labels, mlm_weights, total_weight=None):
     """Cross-entropy over real predictions only: per-slot losses times the weights, summed,
@@ -121,19 +123,26 @@ class _LinearCrossEntropy(torch.autograd.Function):
 def fused_mlm_loss(mlm_hidden, decoder: torch.nn.Linear, mlm_labels, mlm_weights,
                    total_weight=None, chunk: int | None = None):
     """`mlm_loss(decoder(mlm_hidden), ...)` and `mlm_accuracy` computed faster: only real
-    (weight > 0) slots are decoded, and the vocabulary-sized logits are never stored (see
-    `_LinearCrossEntropy`). Same values and gradients as `mlm_loss` (tested). Returns
-    (loss, accuracy). Explained in notebooks/05_heads_and_loss.ipynb.
+    (weight > 0) slots are decoded (with a few padded ones of weight 0, so that batches share
+    the products' shapes: `model.shared_row_count`), and the vocabulary-sized logits are never
+    stored (see `_LinearCrossEntropy`). Same values and gradients as `mlm_loss` (tested).
+    Returns (loss, accuracy). Explained in notebooks/05_heads_and_loss.ipynb.
     """
     if chunk is not None and (not isinstance(chunk, int) or chunk < 1):
         raise ValueError(f"chunk={chunk!r}: give a whole number of rows of at least 1, or None "
                          "for the default")
-    real = mlm_weights.reshape(-1) > 0
-    h = mlm_hidden.reshape(-1, mlm_hidden.shape[-1])[real]
-    w = mlm_weights.reshape(-1)[real]
+    weights = mlm_weights.reshape(-1)
+    real = weights > 0
+    n = int(real.sum())
+    # The real slots, then a few padded ones (weight 0: they add nothing) up to a shared row
+    # count, so that the last chunk's products have one of a few shapes (`shared_row_count`)
+    slots = torch.argsort((~real).byte(), stable=True)[:min(shared_row_count(n), len(real))]
+    h = mlm_hidden.reshape(-1, mlm_hidden.shape[-1])[slots]
+    padded = ~real[slots]
+    w = weights[slots].masked_fill(padded, 0)
+    labels = mlm_labels.reshape(-1)[slots].masked_fill(padded, 0)  # a padded slot's may be -100
     total = (w.sum() if total_weight is None else total_weight).float().clamp_min(1e-8)
-    return _LinearCrossEntropy.apply(h, decoder.weight, decoder.bias, mlm_labels.reshape(-1)[real],
-                                     w, total, chunk)
+    return _LinearCrossEntropy.apply(h, decoder.weight, decoder.bias, labels, w, total, chunk)
 
 
 def d2l_mlm_loss(mlm_logits, mlm_labels, mlm_weights):

@@ -151,37 +151,56 @@ def key_padding_mask(valid_lens, T: int):
     return (torch.arange(T, device=valid_lens.device) < valid_lens[:, None])[:, None, None, :]
 
 
+def shared_row_count(n: int) -> int:
+    """n rounded up to 7 significant bits (at most 1/64 more): batches whose numbers of real tokens
+    differ by a little share one row count. oneDNN, which runs bf16 matrix products on the CPU,
+    compiles a kernel for each new shape, and a step has a dozen shapes that depend on the row
+    count: a few shared row counts compile once, instead of every batch compiling its own
+    (benchmarks/step_vs_commit.py --batches stream shows the difference)."""
+    shift = max(n.bit_length() - 7, 0)
+    return -(-n >> shift) << shift
+
+
 class RealTokens(NamedTuple):
     """Where the real tokens of a padded (B, T) batch sit. Only attention needs the (B, T) grid:
-    every other layer works token by token, so the encoder can carry just the N real tokens as
+    every other layer works token by token, so the encoder can carry just the real tokens as
     (N, H) rows and skip the padding (a quarter of WikiText-2's 64-position rows). Every real
     token gets the same numbers either way, dropout included; padded positions come out as zeros
     (so does every position of a row of valid length 0, which has no real token at all).
+    The N rows are the n real tokens and then a few padded positions, up to N =
+    `shared_row_count(n)`: computed like the others, they reach no real token (attention masks
+    them as keys) and no output (`grid` leaves them out), so their gradients are zeros.
     Explained in notebooks/04_attention_encoder.ipynb.
     """
-    index: torch.Tensor  # (N,) flat positions b * T + t of the real tokens
+    index: torch.Tensor  # (N,) flat positions b * T + t: the n real tokens', then padded ones
     B: int
     T: int
+    n: int  # real tokens
 
     @staticmethod
     def of(valid_lens, T: int) -> "RealTokens | None":
         """Where the real tokens are, or None when there is no padding to skip."""
-        real = key_padding_mask(valid_lens, T)[:, 0, 0]  # (B, T): the rule attention masks by
-        index = real.reshape(-1).nonzero()[:, 0]
-        return None if len(index) == real.numel() else RealTokens(index, len(valid_lens), T)
+        real = key_padding_mask(valid_lens, T)[:, 0, 0].reshape(-1)  # the rule attention masks by
+        n = int(real.sum())
+        if n == len(real):
+            return None
+        N = min(shared_row_count(n), len(real))
+        index = torch.argsort((~real).byte(), stable=True)[:N]  # real first, each in order
+        return RealTokens(index, len(valid_lens), T, n)
 
     def rows(self, grid):
-        """(B, T, d) -> (N, d): the real tokens' rows."""
+        """(B, T, d) -> (N, d): the real tokens' rows (and the few padded ones after them)."""
         return grid.reshape(self.B * self.T, -1).index_select(0, self.index)
 
     def grid(self, rows):
-        """(N, d) -> (B, T, d), with zeros at the padded positions."""
+        """(N, d) -> (B, T, d): the real tokens' rows in place, zeros at the padded positions."""
         out = rows.new_zeros(self.B * self.T, rows.shape[-1])
-        return out.index_copy_(0, self.index, rows).view(self.B, self.T, -1)  # in place: no copy of the zeros
+        out.index_copy_(0, self.index[:self.n], rows[:self.n])  # in place: no copy of the zeros
+        return out.view(self.B, self.T, -1)
 
     def heads(self, qkv, heads: int):
         """(N, 3H) rows of queries, keys and values -> q, k, v, each (B, nh, T, hs), contiguous
-        (as the batched products want them), with zeros at the padding."""
+        (as the batched products want them), with zeros at the positions that are not rows."""
         return _RowsToHeads.apply(qkv, self, heads)
 
     def rows_of_heads(self, out):
@@ -194,7 +213,7 @@ class RealTokens(NamedTuple):
         sequence b in row ((part * B + b) * nh + head) * T + t. Returns that row for every vector
         of the real tokens, in the order an (N, parts * nh * hs) input lists them: token by token,
         then part, then head (row i of `qkv.view(-1, hs)` goes to row `head_rows(...)[i]`). With
-        `padding`: the rows of the padded positions instead."""
+        `padding`: the rows of the positions that are not among the N (padding) instead."""
         index = self.index
         if padding:
             padded = torch.ones(self.B * self.T, dtype=torch.bool, device=index.device)
@@ -203,6 +222,16 @@ class RealTokens(NamedTuple):
         part = torch.arange(parts, device=index.device)[:, None]
         start = (part * self.B * heads + torch.arange(heads, device=index.device)) * self.T
         return ((b * heads * self.T + t)[:, None] + start.reshape(-1)).reshape(-1)
+
+
+def _words(rows):
+    """(n, d) rows read as 64-bit words (the same bytes, e.g. 16 words for 64 bf16 numbers) where
+    they allow it, else as they are. PyTorch's CPU kernels that copy rows by index work number by
+    number: on words, a row of bf16 is copied in a quarter of the steps (twice as fast)."""
+    if (rows.shape[1] * rows.element_size() % 8 or not rows.is_contiguous()
+            or rows.storage_offset() * rows.element_size() % 8):
+        return rows
+    return rows.view(torch.int64)
 
 
 class _RowsToHeads(torch.autograd.Function):
@@ -215,8 +244,8 @@ class _RowsToHeads(torch.autograd.Function):
     def forward(ctx, qkv, real: RealTokens, heads: int):
         hs = qkv.shape[1] // (3 * heads)
         out = qkv.new_empty(3 * real.B * heads * real.T, hs)
-        out.index_copy_(0, real.head_rows(3, heads), qkv.view(-1, hs))
-        out.index_fill_(0, real.head_rows(3, heads, padding=True), 0)
+        _words(out).index_copy_(0, real.head_rows(3, heads), _words(qkv.view(-1, hs)))
+        _words(out).index_fill_(0, real.head_rows(3, heads, padding=True), 0)
         ctx.save_for_backward(real.head_rows(1, heads))  # where one of q, k, v keeps its rows
         return out.view(3, real.B, heads, real.T, hs).unbind(0)  # q, k, v
 
@@ -226,7 +255,7 @@ class _RowsToHeads(torch.autograd.Function):
         given = next(g for g in grads if g is not None)
         _, heads, _, hs = given.shape
         parts = [given.new_zeros(len(rows), hs) if g is None             # each (N * nh, hs)
-                 else g.reshape(-1, hs).index_select(0, rows) for g in grads]
+                 else _words(g.reshape(-1, hs)).index_select(0, rows).view(g.dtype) for g in grads]
         return torch.cat([part.view(-1, heads * hs) for part in parts], 1), None, None  # (N, 3H)
 
 
@@ -239,15 +268,33 @@ class _HeadsToRows(torch.autograd.Function):
         rows = real.head_rows(1, heads)
         ctx.save_for_backward(rows)
         ctx.real, ctx.shape = real, out.shape
-        return out.reshape(-1, hs).index_select(0, rows).view(-1, heads * hs)  # (N, H)
+        picked = _words(out.reshape(-1, hs)).index_select(0, rows).view(out.dtype)
+        return picked.view(-1, heads * hs)  # (N, H)
 
     @staticmethod
     def backward(ctx, grad):
         rows, = ctx.saved_tensors
         B, heads, T, hs = ctx.shape
-        out = grad.new_empty(B * heads * T, hs).index_copy_(0, rows, grad.reshape(-1, hs))
-        out.index_fill_(0, ctx.real.head_rows(1, heads, padding=True), 0)
+        out = grad.new_empty(B * heads * T, hs)
+        _words(out).index_copy_(0, rows, _words(grad.reshape(-1, hs)))
+        _words(out).index_fill_(0, ctx.real.head_rows(1, heads, padding=True), 0)
         return out.view(ctx.shape), None
+
+
+class _Scores(torch.autograd.Function):
+    """q @ k.T, as autograd would compute it, except k's gradient: autograd gives (q.T @ g).T, a
+    transposed view, which `RealTokens.heads`'s backward must copy number by number before it can
+    gather rows; g.T @ q is the same product written in k's own layout."""
+
+    @staticmethod
+    def forward(ctx, q, k):
+        ctx.save_for_backward(q, k)
+        return q @ k.transpose(-2, -1)
+
+    @staticmethod
+    def backward(ctx, g):
+        q, k = ctx.saved_tensors
+        return g @ k, g.transpose(-2, -1) @ q
 
 
 class MultiHeadAttention(nn.Module):
@@ -293,7 +340,7 @@ class MultiHeadAttention(nn.Module):
                 raise ValueError("MultiHeadAttention: real tokens given without valid_lens; "
                                  "pass the valid lengths that `real` was made from")
             B, T = real.B, real.T
-            q, k, v = real.heads(qkv, self.heads)     # each (B, nh, T, hs), zeros at the padding
+            q, k, v = real.heads(qkv, self.heads)     # each (B, nh, T, hs), zeros at most padding
         else:
             B, T, _ = qkv.shape
             q, k, v = (self.split_heads(t) for t in qkv.split(H, dim=-1))  # (B, nh, T, hs)
@@ -301,7 +348,7 @@ class MultiHeadAttention(nn.Module):
         if fused:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
         else:
-            scores = q @ k.transpose(-2, -1)             # (B, nh, T, T), q already / sqrt(hs)
+            scores = _Scores.apply(q, k)             # (B, nh, T, T), q already / sqrt(hs)
             if mask is not None:  # the smallest float, not -inf: a fully masked row stays finite
                 # In place: one fewer (B, nh, T, T) tensor written. On the real tokens, autograd
                 # need not see it: the softmax gives masked keys exactly 0, so its backward gives

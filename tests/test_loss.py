@@ -69,6 +69,27 @@ def test_fused_loss_equals_the_plain_one_with_gradients():
     assert torch.allclose(acc, mlm_accuracy(decoder(h), labels, weights))
 
 
+def test_fused_loss_with_padded_slots_among_its_rows_equals_the_plain_one():
+    # 20 x 15 slots with 129 real ones: the fused loss decodes 130 rows (`shared_row_count`),
+    # the real slots and one padded slot of weight 0, whose label -100 (Hugging Face's padding
+    # label, ignored by cross_entropy) it must not read as a word
+    torch.manual_seed(0)
+    h = torch.randn(20, 15, 16, requires_grad=True)
+    decoder = torch.nn.Linear(16, 300)
+    labels = torch.randint(0, 300, (20, 15))
+    weights = torch.zeros(20, 15)
+    weights.view(-1)[torch.randperm(300)[:129]] = 1.0
+    labels[weights == 0] = -100
+    plain = mlm_loss(decoder(h), labels, weights)
+    grads = torch.autograd.grad(plain, [h, decoder.weight, decoder.bias])
+    fused, acc = fused_mlm_loss(h, decoder, labels, weights, chunk=64)
+    fused_grads = torch.autograd.grad(fused, [h, decoder.weight, decoder.bias])
+    assert torch.allclose(plain, fused, atol=1e-6)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(grads, fused_grads))
+    assert not fused_grads[0][weights == 0].any()  # a padded slot's hidden state gets no gradient
+    assert torch.allclose(acc, mlm_accuracy(decoder(h), labels.clamp_min(0), weights))
+
+
 def test_accuracy_counts_a_tie_at_the_top_as_a_hit_in_both_paths():
     decoder = torch.nn.Linear(2, 3)
     with torch.no_grad():  # logits [1, 1, 0] for every row: words 0 and 1 tie at the top

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from bertlite.model import (BERTConfig, BERTModel, Dropout, RealTokens, count_parameters,
-                            get_bert_encoding, keep_mask)
+                            get_bert_encoding, keep_mask, shared_row_count)
 from bertlite.train import devices
 from bertlite.vocab import Vocab
 
@@ -16,6 +16,26 @@ def batch(vocab_size=500, B=4, T=12, seed=0):
     valid_lens = torch.tensor([T, 7, 3, 1][:B])
     pred_positions = torch.tensor([[1, 2, 5], [3, 4, 0], [1, 2, 0], [0, 0, 0]][:B])
     return tokens, segments, valid_lens, pred_positions
+
+
+def larger_batch(vocab_size=500):
+    """257 real tokens in a (6, 64) grid: the encoder carries 260 rows (`shared_row_count`), so
+    three of them are padded positions."""
+    tokens, segments, _, _ = batch(vocab_size, B=6, T=64)
+    valid_lens = torch.tensor([64, 64, 64, 40, 24, 1])
+    pred_positions = torch.tensor([[1, 63, 5], [3, 4, 0], [39, 2, 0], [0, 9, 0], [23, 0, 0], [0, 0, 0]])
+    return tokens, segments, valid_lens, pred_positions
+
+
+def test_shared_row_count_rounds_up_to_7_significant_bits():
+    assert [shared_row_count(n) for n in (0, 1, 127, 128, 129, 257, 24046)] == \
+        [0, 1, 127, 128, 130, 260, 24064]
+    assert all(n <= shared_row_count(n) <= n + n // 64 for n in range(20000))
+    real = RealTokens.of(larger_batch()[2], 64)
+    assert (real.n, len(real.index)) == (257, 260)
+    grid = (torch.arange(64) < larger_batch()[2][:, None]).reshape(-1)
+    assert grid[real.index[:257]].all() and not grid[real.index[257:]].any()  # then 3 padded
+    assert torch.equal(real.index[:257], grid.nonzero()[:, 0])                 # in their order
 
 
 def test_d2l_preset_has_the_books_parameter_count():
@@ -37,16 +57,18 @@ def test_fused_attention_equals_from_scratch(preset):
 @pytest.mark.parametrize("preset", ["d2l", "bert-tiny"])
 @pytest.mark.parametrize("fused", [True, False])
 @pytest.mark.parametrize("dropout", [0.0, 0.2])
-def test_skipping_padding_gives_the_same_numbers_and_gradients(preset, fused, dropout):
+@pytest.mark.parametrize("make_batch", [batch, larger_batch])
+def test_skipping_padding_gives_the_same_numbers_and_gradients(preset, fused, dropout, make_batch):
     # In training mode. With dropout the masks are drawn for the whole grid either way; without
     # it, fused=True runs PyTorch's fused kernel (with dropout the CPU takes the written-out path).
+    # The larger batch also carries three padded positions among its rows (`shared_row_count`).
     config = BERTConfig.preset(preset, 500, fused_attention=fused, dropout=dropout)
     torch.manual_seed(0)
     skip = BERTModel(config)
     full = BERTModel(dataclasses.replace(config, skip_padding=False))
     full.load_state_dict(skip.state_dict())
-    tokens, segments, valid_lens, pred = batch()
-    real = torch.arange(12) < valid_lens[:, None]
+    tokens, segments, valid_lens, pred = make_batch()
+    real = torch.arange(tokens.shape[1]) < valid_lens[:, None]
     outs = []
     for net in (skip, full):
         torch.manual_seed(1)
@@ -59,10 +81,11 @@ def test_skipping_padding_gives_the_same_numbers_and_gradients(preset, fused, dr
         (out.mlm_logits.logsumexp(-1).sum() + out.nsp_logits.sum()).backward()
     for (name, p), q in zip(skip.named_parameters(), full.parameters()):
         assert torch.allclose(p.grad, q.grad, atol=1e-6), name
-    assert skip(tokens).encoded.shape == (4, 12, config.hidden)  # no valid_lens: nothing to skip
-    rows = torch.randn(int(valid_lens.sum()), config.hidden)
+    assert skip(tokens).encoded.shape == (*tokens.shape, config.hidden)  # no valid_lens: nothing to skip
+    real_tokens = RealTokens.of(valid_lens, tokens.shape[1])
+    rows = torch.randn(len(real_tokens.index), config.hidden)
     with pytest.raises(ValueError, match="without valid_lens"):  # the padding would go unmasked
-        skip.blocks[0].attention(rows, None, RealTokens.of(valid_lens, 12))
+        skip.blocks[0].attention(rows, None, real_tokens)
 
 
 def test_a_sequence_without_real_tokens_changes_no_gradient():
@@ -83,23 +106,27 @@ def test_a_sequence_without_real_tokens_changes_no_gradient():
         assert torch.allclose(a, b, atol=1e-6)
 
 
-@pytest.mark.parametrize("valid_lens", [[5, 0, 7, 3], [0, 0]])
-def test_real_tokens_heads_match_the_grid_route(valid_lens):
+@pytest.mark.parametrize("valid_lens, T", [([5, 0, 7, 3], 7), ([0, 0], 7),
+                                           (larger_batch()[2].tolist(), 64)])
+def test_real_tokens_heads_match_the_grid_route(valid_lens, T):
     """`RealTokens.heads` and `rows_of_heads` give what the grid, split and transposes give,
-    forward and backward, with a sequence of no real token and with no real token at all."""
-    T, H, nh = 7, 8, 2
+    forward and backward, with a sequence of no real token, with no real token at all, and with
+    padded positions among the rows (the last case: 257 real tokens, 260 rows)."""
+    H, nh = 8, 2
     real = RealTokens.of(torch.tensor(valid_lens), T)
-    B, N = len(valid_lens), sum(valid_lens)
+    B, N = len(valid_lens), len(real.index)
     qkv = torch.randn(N, 3 * H, requires_grad=True)
     heads = torch.stack(real.heads(qkv, nh))
-    reference = real.grid(qkv).view(B, T, 3, nh, H // nh).permute(2, 0, 3, 1, 4)
+    def grid():  # every row of qkv in its place
+        return qkv.new_zeros(B * T, 3 * H).index_copy(0, real.index, qkv)
+    reference = grid().view(B, T, 3, nh, H // nh).permute(2, 0, 3, 1, 4)
     assert all(x.is_contiguous() for x in real.heads(qkv, nh)) and torch.equal(heads, reference)
     w = torch.randn(heads.shape)
     got, = torch.autograd.grad((heads * w).sum(), qkv)
     expected, = torch.autograd.grad((reference * w).sum(), qkv)
     assert torch.equal(got, expected)
     q_only, = torch.autograd.grad(real.heads(qkv, nh)[0].sum(), qkv)  # k and v unused
-    assert torch.equal(q_only, torch.autograd.grad(real.grid(qkv)[..., :H].sum(), qkv)[0])
+    assert torch.equal(q_only, torch.autograd.grad(grid()[..., :H].sum(), qkv)[0])
     out = torch.randn(B, nh, T, H // nh, requires_grad=True)
     rows = real.rows_of_heads(out)
     reference = real.rows(out.transpose(1, 2).reshape(B, T, H))
