@@ -58,6 +58,18 @@ def book_model(model_module):
     return model_module.BERTModel(model_module.BERTConfig(vocab_size=20256))  # the d2l sizes
 
 
+def describe_stream(batches):
+    """How the batches' shapes vary: the real tokens' rows and the MLM loss's real slots, exact
+    and as today's code rounds them (`shared_row_count`; the loss works in chunks of 512)."""
+    tokens = [int(b["valid_lens"].sum()) for b in batches]
+    slots = [int((b["mlm_weights"] > 0).sum()) for b in batches]
+    rows = {bertlite.model.shared_row_count(n) for n in tokens}
+    chunks = {bertlite.model.shared_row_count(n) % 512 for n in slots}
+    print(f"{len(batches)} batches: {min(tokens):,} to {max(tokens):,} real tokens ({len(set(tokens))} "
+          f"numbers, {len(rows)} shared row counts), {min(slots):,} to {max(slots):,} real MLM slots "
+          f"({len(set(slots))} numbers, {len(chunks)} sizes of the loss's last chunk)")
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("commit", nargs="?", default="80bcd46")
@@ -80,6 +92,8 @@ def main():
         what = "a new batch each step" if isinstance(batch, list) else "the same batch each step"
         print(f"batches {tuple(first['tokens'].shape)} of {corpus} ({what}), "
               f"the book's model, dropout 0.2, Adam; {args.repeat} steps each, in turns")
+        if isinstance(batch, list):
+            describe_stream(batch)
         for precision in args.precision:
             old = step_fn(book_model(old_model), batch, precision, loss_fn=old_loss.pretrain_loss,
                           optimizer=old_train.make_optimizer, config=old_train.TrainConfig)

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import BatchSampler, DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from .checks import (ConfigError, check_choice, check_range, check_types, load_safetensors,
@@ -336,7 +336,10 @@ def train_bert(net: BERTModel, train_data, cfg: TrainConfig, val_data=None, run_
     # Even one process uses a DistributedSampler (1 replica): N processes then see exactly the
     # global batches that one process sees, which is what makes their losses comparable.
     sampler = DistributedSampler(train_data, world, rank, shuffle=True, seed=cfg.seed)
-    loader = DataLoader(train_data, cfg.batch_size // world, sampler=sampler,
+    # Whole batches of indices: the dataset indexes each of its tensors once per batch, the same
+    # batches as DataLoader's default (an item at a time, then stacked), several times faster
+    loader = DataLoader(train_data, batch_size=None,
+                        sampler=BatchSampler(sampler, cfg.batch_size // world, drop_last=False),
                         generator=torch.Generator().manual_seed(cfg.seed))  # not the global RNG
     optimizer = make_optimizer(net.named_parameters(), cfg)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
