@@ -158,8 +158,8 @@ def key_padding_mask(valid_lens, T: int):
 def shared_row_count(n: int) -> int:
     """n rounded up to 7 significant bits (at most 1/64 more): batches whose numbers of real tokens
     differ by a little share one row count. oneDNN, which runs bf16 matrix products on the CPU,
-    compiles a kernel for each new shape, and a step has a dozen shapes that depend on the row
-    count: a few shared row counts compile once, instead of every batch compiling its own
+    compiles a kernel for each new shape, and many of a step's products have shapes that depend
+    on the row count: a few shared row counts compile once, instead of every batch compiling its own
     (benchmarks/step_vs_commit.py --batches stream shows the difference)."""
     shift = max(n.bit_length() - 7, 0)
     return -(-n >> shift) << shift
