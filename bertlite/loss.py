@@ -10,7 +10,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from .model import shared_row_count
+from .model import true_first
 
 
 def mlm_loss(mlm_logits, mlm_labels, mlm_weights, total_weight=None):
@@ -133,10 +133,9 @@ def fused_mlm_loss(mlm_hidden, decoder: torch.nn.Linear, mlm_labels, mlm_weights
                          "for the default")
     weights = mlm_weights.reshape(-1)
     real = weights > 0
-    n = int(real.sum())
     # The real slots, then a few padded ones (weight 0: they add nothing) up to a shared row
     # count, so that the last chunk's products have one of a few shapes (`shared_row_count`)
-    slots = torch.argsort((~real).byte(), stable=True)[:min(shared_row_count(n), len(real))]
+    slots, _ = true_first(real)
     h = mlm_hidden.reshape(-1, mlm_hidden.shape[-1])[slots]
     padded = ~real[slots]
     w = weights[slots].masked_fill(padded, 0)

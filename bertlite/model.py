@@ -165,6 +165,14 @@ def shared_row_count(n: int) -> int:
     return -(-n >> shift) << shift
 
 
+def true_first(flags):
+    """(index, n) for a flat boolean tensor with n True entries: the positions of those n, in
+    order, then of the first False ones, `shared_row_count(n)` positions in all (or all of them)."""
+    n = int(flags.sum())
+    index = torch.argsort((~flags).byte(), stable=True)  # True first, each kind in its order
+    return index[:min(shared_row_count(n), len(flags))], n
+
+
 class RealTokens(NamedTuple):
     """Where the real tokens of a padded (B, T) batch sit. Only attention needs the (B, T) grid:
     every other layer works token by token, so the encoder can carry just the real tokens as
@@ -185,12 +193,8 @@ class RealTokens(NamedTuple):
     def of(valid_lens, T: int) -> "RealTokens | None":
         """Where the real tokens are, or None when there is no padding to skip."""
         real = key_padding_mask(valid_lens, T)[:, 0, 0].reshape(-1)  # the rule attention masks by
-        n = int(real.sum())
-        if n == len(real):
-            return None
-        N = min(shared_row_count(n), len(real))
-        index = torch.argsort((~real).byte(), stable=True)[:N]  # real first, each in order
-        return RealTokens(index, len(valid_lens), T, n)
+        index, n = true_first(real)
+        return None if n == len(real) else RealTokens(index, len(valid_lens), T, n)
 
     def rows(self, grid):
         """(B, T, d) -> (N, d): the real tokens' rows (and the few padded ones after them)."""

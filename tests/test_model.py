@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from bertlite.model import (BERTConfig, BERTModel, Dropout, RealTokens, count_parameters,
-                            get_bert_encoding, keep_mask, shared_row_count)
+                            get_bert_encoding, keep_mask, shared_row_count, true_first)
 from bertlite.train import devices
 from bertlite.vocab import Vocab
 
@@ -36,6 +36,8 @@ def test_shared_row_count_rounds_up_to_7_significant_bits():
     grid = (torch.arange(64) < larger_batch()[2][:, None]).reshape(-1)
     assert grid[real.index[:257]].all() and not grid[real.index[257:]].any()  # then 3 padded
     assert torch.equal(real.index[:257], grid.nonzero()[:, 0])                 # in their order
+    index, n = true_first(torch.tensor([False, True, False] * 50))  # 50 True: no rounding
+    assert n == 50 and torch.equal(index, torch.arange(1, 150, 3))
 
 
 def test_d2l_preset_has_the_books_parameter_count():
