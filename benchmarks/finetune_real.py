@@ -12,9 +12,9 @@ dropout and shuffling (for the random encoder, its own init). mean ± sd are ove
 Rates (`RATES`) are the usual ones for each start, not tuned on these folds: a pre-trained BERT
 takes 1e-4 (BERT's paper used 2e-5 to 5e-5 for ten times more steps), a network trained from
 nothing 1e-3; ULMFiT's peak is the new head's rate and discriminative rates divide it by 2.6 per
-group below, so it starts higher (1e-3) for the pre-trained encoder. (A first run gave ULMFiT
-1e-4 too: 0.534 ± 0.037, the head barely learned in 60 steps.) Prints the table and writes it
-as JSON for notebooks/10_real_bert.ipynb; one thread, about 30 minutes on a laptop CPU.
+group below, so it starts higher (1e-3) for the pre-trained encoder (at 1e-4 the layers below
+the head would get far smaller rates still, for only 60 steps). Prints each run's time, the
+table, and writes it as JSON for notebooks/10_real_bert.ipynb; one thread.
 `--only ROW ...` reruns some rows and keeps the others of an existing table.
 """
 import argparse
