@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 from _common import book_batch, matmul_peak, step_fn, timed_together
+import bertlite.loss
 import bertlite.model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,11 +61,11 @@ def book_model(model_module):
 
 def describe_stream(batches):
     """How the batches' shapes vary: the real tokens' rows and the MLM loss's real slots, exact
-    and as today's code rounds them (`shared_row_count`; the loss works in chunks of 512)."""
+    and as today's code rounds them (`shared_row_count`; the loss's bf16 chunks of `CHUNK_ROWS_16BIT` rows)."""
     tokens = [int(b["valid_lens"].sum()) for b in batches]
     slots = [int((b["mlm_weights"] > 0).sum()) for b in batches]
     rows = {bertlite.model.shared_row_count(n) for n in tokens}
-    chunks = {bertlite.model.shared_row_count(n) % 512 for n in slots}
+    chunks = {bertlite.model.shared_row_count(n) % bertlite.loss.CHUNK_ROWS_16BIT for n in slots}
     print(f"{len(batches)} batches: {min(tokens):,} to {max(tokens):,} real tokens ({len(set(tokens))} "
           f"numbers, {len(rows)} shared row counts), {min(slots):,} to {max(slots):,} real MLM slots "
           f"({len(set(slots))} numbers, {len(chunks)} sizes of the loss's last chunk)")

@@ -43,6 +43,11 @@ def _row_max(x):
     return top
 
 
+# Rows per chunk of the fused loss. Under bf16 (or fp16) each chunk's W gradient is widened to
+# fp32 and added, so fewer, larger chunks pay: the quicker of each on 2 cores
+CHUNK_ROWS_FP32, CHUNK_ROWS_16BIT = 256, 512
+
+
 class _LinearCrossEntropy(torch.autograd.Function):
     """sum(w * cross_entropy(h @ W.T + b, y)) / total, without ever holding all (N, V) logits.
     Also returns sum(w * [label's logit is the largest]) / total, the accuracy, at no extra cost.
@@ -73,9 +78,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
             loss, correct = torch.zeros((), device=h.device), torch.zeros((), device=h.device)
             gh = torch.empty(N, H, device=h.device, dtype=dtype)                    # dh, unscaled
             gwt = torch.empty(H + 1, V, device=h.device)                            # [dW.T; db]
-            # Rows per chunk: under bf16 each chunk's W gradient is widened to fp32 and added, so
-            # fewer, larger chunks pay (512 there, 256 in fp32: the quicker of each on 2 cores)
-            chunk = chunk or (256 if fp32 else 512)
+            chunk = chunk or (CHUNK_ROWS_FP32 if fp32 else CHUNK_ROWS_16BIT)
             # One buffer reused by every chunk (a fresh block this size is slow to get on the
             # CPU: the kernel hands its pages over, zeroed, again and again): the logits, then
             # their softmax in their place, then the softmax minus the one-hot
