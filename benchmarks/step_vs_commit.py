@@ -61,7 +61,8 @@ def book_model(model_module):
 
 def describe_stream(batches):
     """How the batches' shapes vary: the real tokens' rows and the MLM loss's real slots, exact
-    and as today's code rounds them (`shared_row_count`; the loss's bf16 chunks of `CHUNK_ROWS_16BIT` rows)."""
+    and as today's code rounds them (`shared_row_count`; the loss's bf16 chunks of
+    `loss.CHUNK_ROWS_16BIT` rows)."""
     tokens = [int(b["valid_lens"].sum()) for b in batches]
     slots = [int((b["mlm_weights"] > 0).sum()) for b in batches]
     rows = {bertlite.model.shared_row_count(n) for n in tokens}
