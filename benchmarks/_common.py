@@ -14,14 +14,20 @@ from torch import nn
 from bertlite.data import load_pretrain_dataset
 from bertlite.loss import d2l_mlm_loss, pretrain_loss
 from bertlite.model import Dropout
-from bertlite.train import TrainConfig, make_optimizer
+from bertlite.train import TrainConfig, cpu_has_fast_bf16, make_optimizer
+from bertlite.wikitext import default_data_dir
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"  # ../shared/data when present
 
 
 def wikitext2_dir():
-    """The real WikiText-2 beside the checkout, or None (then the shipped corpus is used)."""
-    return SHARED if (SHARED / "wikitext-2" / "wiki.train.tokens").exists() else None
+    """The folder holding the real WikiText-2: ../shared/data beside the checkout, else where
+    `python -m bertlite download` puts it ($BERTLITE_DATA, else the checkout's data/); None when
+    neither has it (then the shipped corpus is used)."""
+    for folder in (SHARED, default_data_dir()):
+        if (folder / "wikitext-2" / "wiki.train.tokens").exists():
+            return folder
+    return None
 
 
 def book_batch(B=512, vocab_size=20256, count=None):
@@ -92,7 +98,10 @@ def keep_freed_memory() -> bool:
 
 
 def matmul_peak(dtype, n=2048):
-    """GFLOP/s of an n x n matrix product on this machine, now."""
+    """GFLOP/s of an n x n matrix product on this machine, now. bf16 on a CPU without bf16
+    kernels (AVX2 only) is timed at n = 256: at 2048 one product would take about 100 s there."""
+    if dtype == torch.bfloat16 and not cpu_has_fast_bf16():
+        n = 256
     a = torch.randn(n, n, dtype=dtype)
     return 2 * n**3 / timed(lambda: a @ a, repeat=5) / 1e9
 
@@ -146,3 +155,14 @@ def step_fn(net, batch, precision="fp32", fused_loss=True, book_loss=False, lr=0
         opt.step()
         return loss
     return step
+
+
+def precisions_here(precisions):
+    """`precisions` without bf16 where this CPU has no bf16 kernels, saying so in one line: its
+    products there run hundreds of times slower than fp32's, so a bf16 figure would take hours."""
+    if "bf16" in precisions and not cpu_has_fast_bf16():
+        print(f"bf16 skipped: this CPU ({torch.backends.cpu.get_cpu_capability()}, no AVX-512) has "
+              f"no bf16 kernels; a 256^2 bf16 product runs at {matmul_peak(torch.bfloat16):.2f} "
+              f"GFLOP/s against {matmul_peak(torch.float32):.0f} for a 2048^2 fp32 product")
+        return [p for p in precisions if p != "bf16"]
+    return list(precisions)

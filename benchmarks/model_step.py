@@ -21,7 +21,7 @@ import resource
 import torch
 
 from _common import (book_batch, book_optimizer, book_style, keep_freed_memory, matmul_peak,
-                     step_fn, timed_together)
+                     precisions_here, step_fn, timed_together)
 from bertlite.model import BERTConfig, BERTModel, Dropout
 
 
@@ -78,6 +78,8 @@ def main():
     ]
     if args.default_only:
         rows = [rows[0], rows[6]]
+    here = precisions_here(["fp32", "bf16"])
+    rows = [row for row in rows if row[-1] in here]
     print(f"{'step':40s} {'precision':9s} {'dropout':>7s} {'pairs/s':>8s} {'ratio':>6s} {'GFLOP/s':>8s} "
           f"{'of peak':>7s} {'fresh MB':>8s}")
     page_mb = resource.getpagesize() / 2**20

@@ -13,7 +13,7 @@ import argparse
 
 import torch
 
-from _common import book_optimizer, book_style, step_fn, timed, wikitext2_dir
+from _common import book_optimizer, book_style, precisions_here, step_fn, timed, wikitext2_dir
 from bertlite.data import load_pretrain_dataset
 from bertlite.model import BERTConfig, BERTModel
 from bertlite.train import TrainConfig, summarize, train_bert
@@ -26,8 +26,8 @@ def main():
     args = parser.parse_args()
     data_dir = wikitext2_dir()
     if data_dir is None:
-        raise SystemExit("needs ../shared/data/wikitext-2 (or run `python -m bertlite download` "
-                         "and point BERTLITE_DATA at the data folder)")
+        raise SystemExit("needs WikiText-2: ../shared/data/wikitext-2 beside the checkout, or "
+                         "run `python -m bertlite download` first")
     train = load_pretrain_dataset(64, "wikitext-2", data_dir=data_dir, min_freq=5)
     valid = load_pretrain_dataset(64, "wikitext-2", "valid", data_dir, vocab=train.vocab, seed=0)
     print(f"WikiText-2: {len(train)} training pairs, {len(valid)} validation pairs, "
@@ -40,7 +40,7 @@ def main():
     print(f"book-style step, fp32: {512 / baseline:.0f} pairs/s (median of 3 steps)")
 
     runs = {}
-    for precision in args.precision:
+    for precision in precisions_here(args.precision):
         torch.manual_seed(0)
         net = BERTModel(BERTConfig.preset("d2l", len(train.vocab)))
         cfg = TrainConfig(steps=args.steps, batch_size=512, lr=0.01, precision=precision, seed=0)

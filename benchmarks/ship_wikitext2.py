@@ -10,7 +10,8 @@ beside a unigram model (training-split word counts, add-one smoothed) on the sam
 MLM perplexity and accuracy, NSP accuracy, and top-1 / top-5 accuracy by kind of masked word (the
 20 commonest training tokens, ranks 21-100, and the rarer "content" words). Prints the figures
 and writes them, with this command, to --json (notebooks 06 and 08 read the shipped one).
-Needs WikiText-2 (../shared/data or $BERTLITE_DATA).
+Needs WikiText-2 (../shared/data beside the checkout, or where `python -m bertlite download`
+puts it: $BERTLITE_DATA, else data/).
 """
 import argparse
 import json

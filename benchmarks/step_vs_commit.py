@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from _common import book_batch, matmul_peak, step_fn, timed_together
+from _common import book_batch, matmul_peak, precisions_here, step_fn, timed_together
 import bertlite.loss
 import bertlite.model
 
@@ -96,7 +96,7 @@ def main():
               f"the book's model, dropout 0.2, Adam; {args.repeat} steps each, in turns")
         if isinstance(batch, list):
             describe_stream(batch)
-        for precision in args.precision:
+        for precision in precisions_here(args.precision):
             old = step_fn(book_model(old_model), batch, precision, loss_fn=old_loss.pretrain_loss,
                           optimizer=old_train.make_optimizer, config=old_train.TrainConfig)
             new = step_fn(book_model(bertlite.model), batch, precision)
