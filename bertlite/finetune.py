@@ -17,8 +17,7 @@ from torch.utils.data import DataLoader
 from .loss import nsp_accuracy, nsp_loss
 from .model import BERTModel, Dropout, evaluating
 from .pretrained import mean_pool
-from .train import (TrainConfig, autocast, devices, get_lr, make_optimizer, optimizer_step,
-                    warn_slow_bf16)
+from .train import TrainConfig, autocast, devices, get_lr, make_optimizer, optimizer_step
 from .wikitext import SHIPPED, parse_wikitext, read_text, wikitext_path
 
 
@@ -259,7 +258,6 @@ def finetune(classifier: BERTClassifier, train_data, cfg: TrainConfig, val_data=
     groups = layer_groups(classifier)
     optimizer = make_group_optimizer(groups, cfg)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
-    warn_slow_bf16(device, cfg.precision)
     loader = DataLoader(train_data, cfg.batch_size, shuffle=True,
                         generator=torch.Generator().manual_seed(cfg.seed))  # not the global RNG
     every = ft.unfreeze_every or len(loader)

@@ -254,10 +254,3 @@ def test_same_seed_same_result():
     validated = finetune(tiny_classifier(dropout=0.1), easy_task(32),
                          TrainConfig(**{**cfg.__dict__, "eval_every": 2}), val_data=easy_task(16))
     assert [r["loss"] for r in validated if "eval" not in r] == runs[0][0]  # validating changes nothing
-
-
-def test_finetuning_in_bf16_on_a_cpu_without_bf16_kernels_warns_with_the_fix(monkeypatch):
-    # The same warning as pre-training's: fine-tuning reads the same TrainConfig.precision.
-    monkeypatch.setattr("bertlite.train.cpu_has_fast_bf16", lambda: False)
-    with pytest.warns(UserWarning, match="--precision fp32"):
-        finetune(tiny_classifier(), easy_task(8), TrainConfig(steps=1, batch_size=8, precision="bf16"))
